@@ -1,0 +1,36 @@
+import os
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+import numpy as np
+import pytest
+import torch
+
+import wsisam
+
+
+@pytest.fixture
+def rng():
+    return np.random.default_rng(0)
+
+
+def make_model(name: str = "vit_test", seed: int = 0, **overrides) -> wsisam.WsiSam:
+    """A model with seeded random weights, all of them non-trivial (BN statistics included)."""
+    torch.manual_seed(seed)
+    model = wsisam.build_wsisam(name, **overrides)
+    with torch.no_grad():
+        for name_, p in model.named_parameters():
+            if "hf_token" in name_ or "embedding_" in name_ or "compress_vit_feat" in name_ or "hf_mlp" in name_:
+                p.add_(torch.randn_like(p) * 0.02)
+        for mod in model.modules():
+            if isinstance(mod, torch.nn.BatchNorm2d):
+                mod.running_mean.uniform_(-0.1, 0.1)
+                mod.running_var.uniform_(0.5, 1.5)
+                mod.weight.uniform_(0.5, 1.5)
+    return model.eval()
+
+
+def random_pair(rng, size: int, n: int = 1):
+    hr = rng.integers(0, 256, (n, size, size, 3), dtype=np.uint8)
+    lr = rng.integers(0, 256, (n, size, size, 3), dtype=np.uint8)
+    return hr, lr

@@ -1,0 +1,142 @@
+"""Loading SAM/MobileSAM/reference WSI-SAM files and our own format."""
+import numpy as np
+import pytest
+import torch
+
+import wsisam
+from conftest import make_model, random_pair
+
+
+def sam_style_state(model: wsisam.WsiSam, with_classifier: bool = False) -> dict:
+    """What SAM's/MobileSAM's published files hold: image_encoder.*, prompt_encoder.*, mask_decoder.*."""
+    state = {}
+    for k, v in model.state_dict().items():
+        if k.startswith("mask_decoder_hr."):
+            rest = k[len("mask_decoder_hr."):]
+            if not rest.startswith(wsisam.modeling.WSI_PARAM_PREFIXES):
+                state["mask_decoder." + rest] = v.clone()
+        elif not k.startswith("mask_decoder_lr."):
+            state[k] = v.clone()
+    if with_classifier:  # MobileSAM keeps TinyViT's unused classifier
+        dim = model.config.encoder.embed_dims[-1]
+        state["image_encoder.head.weight"] = torch.randn(1000, dim)
+        state["image_encoder.head.bias"] = torch.randn(1000)
+        state["image_encoder.norm_head.weight"] = torch.ones(dim)
+        state["image_encoder.norm_head.bias"] = torch.zeros(dim)
+    return state
+
+
+def outputs(model, rng_seed=0, boxes=((20.0, 30.0, 120.0, 160.0), (5.0, 5.0, 60.0, 40.0))):
+    rng = np.random.default_rng(rng_seed)
+    hr, lr = random_pair(rng, model.config.img_size)
+    p = wsisam.WsiSamPredictor(model, device="cpu")
+    p.set_patch_pairs(hr, lr)
+    out = p.predict(boxes=np.array(boxes))
+    sam, _ = p.predict_sam(boxes=np.array(boxes))
+    return out, sam
+
+
+def test_mobile_sam_file_loads_into_tiny_vit_after_eval(tmp_path):
+    src = make_model("vit_tiny_test", seed=1)
+    path = tmp_path / "mobile_sam.pt"
+    torch.save(sam_style_state(src, with_classifier=True), path)
+    # Built (and switched to eval) before its weights arrive: MobileSAM's cached-bias pitfall.
+    dst = wsisam.build_wsisam("vit_tiny_test", sam_checkpoint=path).eval()
+    for k in ("hf_token", "hf_mlp", "compress_vit_feat", "embedding_encoder", "embedding_maskfeature"):
+        getattr(dst.mask_decoder_hr, k).load_state_dict(getattr(src.mask_decoder_hr, k).state_dict())
+        getattr(dst.mask_decoder_lr, k).load_state_dict(getattr(src.mask_decoder_lr, k).state_dict())
+    (a, sa), (b, sb) = outputs(src), outputs(dst)
+    np.testing.assert_array_equal(a.hr_logits, b.hr_logits)
+    np.testing.assert_array_equal(sa, sb)
+
+
+def test_sam_vit_file_fills_both_decoders(tmp_path):
+    src = make_model("vit_test", seed=2)
+    path = tmp_path / "sam_vit_test.pth"
+    torch.save(sam_style_state(src), path)
+    dst = wsisam.build_wsisam("vit_test", sam_checkpoint=path)
+    for dec in (dst.mask_decoder_hr, dst.mask_decoder_lr):
+        torch.testing.assert_close(dec.iou_token.weight, src.mask_decoder_hr.iou_token.weight, rtol=0, atol=0)
+    _, sam_a = outputs(src)
+    _, sam_b = outputs(dst)
+    np.testing.assert_array_equal(sam_a, sam_b)
+
+
+def test_reference_decoder_files_load(tmp_path):
+    src = make_model("vit_test", seed=4)
+    sam_path, hr_path, lr_path = tmp_path / "sam.pth", tmp_path / "hr.pth", tmp_path / "lr.pth"
+    torch.save(sam_style_state(src), sam_path)
+    torch.save({"model": src.mask_decoder_hr.state_dict(), "epoch": 19}, hr_path)
+    torch.save({"model": {"module." + k: v for k, v in src.mask_decoder_lr.state_dict().items()}}, lr_path)
+    dst = wsisam.build_wsisam("vit_test", sam_checkpoint=sam_path, hr_decoder_checkpoint=hr_path,
+                              lr_decoder_checkpoint=lr_path)
+    assert dst.config.token_aggregation == "sum"  # the reference weights need the sum
+    src_sum = wsisam.build_wsisam("vit_test", token_aggregation="sum")
+    src_sum.load_state_dict(src.state_dict())
+    a, _ = outputs(src_sum.eval())
+    b, _ = outputs(dst)
+    np.testing.assert_array_equal(a.hr_logits, b.hr_logits)
+    np.testing.assert_array_equal(a.lr_logits, b.lr_logits)
+
+
+def test_mismatched_decoder_file_names_missing_and_unexpected_keys(tmp_path):
+    src = make_model("vit_test")
+    state = src.mask_decoder_hr.state_dict()
+    state.pop("hf_token.weight")
+    state["hq_token.weight"] = torch.zeros(1, 64)
+    path = tmp_path / "bad.pth"
+    torch.save({"model": state}, path)
+    with pytest.raises(wsisam.CheckpointError) as e:
+        wsisam.load_reference_decoder(src.mask_decoder_hr, path)
+    msg = str(e.value)
+    assert "bad.pth" in msg and "missing keys: hf_token.weight" in msg and "unexpected keys: hq_token.weight" in msg
+
+
+def test_wrong_backbone_checkpoint_reports_shape_mismatch(tmp_path):
+    path = tmp_path / "sam_b.pth"
+    torch.save(sam_style_state(make_model("vit_test")), path)
+    with pytest.raises(wsisam.CheckpointError, match="sam_b.pth.*(missing keys|unexpected keys)"):
+        wsisam.build_wsisam("vit_tiny_test", sam_checkpoint=path)
+
+
+def test_decoder_file_without_model_key(tmp_path):
+    path = tmp_path / "plain.pth"
+    torch.save(make_model("vit_test").mask_decoder_hr.state_dict(), path)
+    with pytest.raises(wsisam.CheckpointError, match="no 'model' state dict"):
+        wsisam.load_reference_decoder(make_model("vit_test").mask_decoder_hr, path)
+
+
+def test_pickled_code_is_refused(tmp_path):
+    path = tmp_path / "evil.pth"
+    torch.save({"model": make_model("vit_test").mask_decoder_hr}, path)  # a module object, not weights
+    with pytest.raises(wsisam.CheckpointError, match="weights-only"):
+        wsisam.load_reference_decoder(make_model("vit_test").mask_decoder_hr, path)
+
+
+def test_missing_checkpoint_file(tmp_path):
+    with pytest.raises(wsisam.CheckpointError, match="nope.pt not found"):
+        wsisam.build_wsisam("vit_test", sam_checkpoint=tmp_path / "nope.pt")
+
+
+@pytest.mark.parametrize("name", ["vit_test", "vit_tiny_test"])
+def test_own_format_round_trips_to_identical_outputs(tmp_path, name):
+    src = make_model(name, seed=7, token_aggregation="sum", add_sam_logits=False)
+    path = wsisam.save_wsisam(src, tmp_path / "model.safetensors")
+    dst = wsisam.build_wsisam(None, checkpoint=path)
+    assert dst.config == src.config
+    (a, sa), (b, sb) = outputs(src), outputs(dst)
+    np.testing.assert_array_equal(a.hr_logits, b.hr_logits)
+    np.testing.assert_array_equal(a.lr_logits, b.lr_logits)
+    np.testing.assert_array_equal(a.iou, b.iou)
+    np.testing.assert_array_equal(sa, sb)
+    with pytest.raises(ValueError, match="holds a .* model, not 'vit_b'"):
+        wsisam.build_wsisam("vit_b", checkpoint=path)
+
+
+def test_foreign_safetensors_file_is_rejected(tmp_path):
+    from safetensors.torch import save_file
+
+    path = tmp_path / "other.safetensors"
+    save_file({"w": torch.zeros(2)}, str(path))
+    with pytest.raises(wsisam.CheckpointError, match="not a wsisam-engine model"):
+        wsisam.build_wsisam(None, checkpoint=path)

@@ -1,0 +1,165 @@
+"""Reading and writing weights. Nothing here unpickles code: ``torch.load(weights_only=True)``
+for SAM, MobileSAM and reference WSI-SAM files; safetensors for our own format.
+
+Formats:
+- SAM (``sam_vit_*.pth``) and MobileSAM (``mobile_sam.pt``): a plain state dict with
+  ``image_encoder.*``, ``prompt_encoder.*``, ``mask_decoder.*``; MobileSAM also has TinyViT's
+  unused classifier (``image_encoder.head.*``, ``image_encoder.norm_head.*``), which is skipped.
+  SAM's decoder weights go to both WSI decoders (they are the same frozen decoder).
+- Reference WSI-SAM decoder files: ``{"model": state_dict}`` of one decoder, SAM's decoder keys
+  without prefix plus ``hf_token``, ``hf_mlp``, ``compress_vit_feat``, ``embedding_encoder``,
+  ``embedding_maskfeature``; one file for HR, one for LR.
+- Ours: one ``.safetensors`` file holding the whole model's state dict and, in its metadata,
+  the :class:`~wsisam.config.WsiSamConfig` as JSON, so a file rebuilds its own model.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import tempfile
+from pathlib import Path
+
+import torch
+from safetensors import safe_open
+from safetensors.torch import save_file
+
+from .config import WsiSamConfig
+from .modeling import WSI_PARAM_PREFIXES, WsiMaskDecoder, WsiSam
+
+FORMAT_NAME = "wsisam-engine"
+FORMAT_VERSION = "1"
+_SKIPPED_SAM_KEYS = ("image_encoder.head.", "image_encoder.norm_head.")
+
+
+class CheckpointError(ValueError):
+    """A checkpoint that cannot be used: unreadable, or its keys or shapes do not fit the model."""
+
+
+def _describe_mismatch(path: Path, missing: list[str], unexpected: list[str], shapes: list[str]) -> str:
+    def head(keys: list[str]) -> str:
+        return ", ".join(keys[:8]) + (f" ... ({len(keys)} in all)" if len(keys) > 8 else "")
+
+    parts = [f"checkpoint {path} does not fit the model"]
+    if missing:
+        parts.append(f"missing keys: {head(missing)}")
+    if unexpected:
+        parts.append(f"unexpected keys: {head(unexpected)}")
+    if shapes:
+        parts.append(f"shape mismatches: {head(shapes)}")
+    return "; ".join(parts)
+
+
+def _load_strict(module: torch.nn.Module, state: dict[str, torch.Tensor], path: Path, required: set[str]) -> None:
+    """Load ``state`` into ``module``; every key in ``required`` must be present and every key known."""
+    own = module.state_dict()
+    missing = sorted(required - set(state))
+    unexpected = sorted(set(state) - set(own))
+    shapes = [f"{k} {tuple(v.shape)} vs model {tuple(own[k].shape)}"
+              for k, v in state.items() if k in own and own[k].shape != v.shape]
+    if missing or unexpected or shapes:
+        raise CheckpointError(_describe_mismatch(path, missing, unexpected, shapes))
+    module.load_state_dict(state, strict=False)
+
+
+def _torch_load(path: str | os.PathLike) -> dict:
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"checkpoint {path} not found")
+    try:
+        obj = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # unpickling errors, truncated files, code objects refused
+        raise CheckpointError(f"checkpoint {path} cannot be read as a weights-only torch file: {exc}") from exc
+    if not isinstance(obj, dict):
+        raise CheckpointError(f"checkpoint {path} holds a {type(obj).__name__}, not a state dict")
+    return obj
+
+
+def _is_sam_key(key: str) -> bool:
+    return not key.split(".", 1)[1].startswith(WSI_PARAM_PREFIXES)
+
+
+def load_sam_checkpoint(model: WsiSam, path: str | os.PathLike) -> WsiSam:
+    """Load SAM's or MobileSAM's weights into the frozen SAM parts of ``model`` (both decoders)."""
+    path = Path(path)
+    raw = _torch_load(path)
+    state: dict[str, torch.Tensor] = {}
+    for key, value in raw.items():
+        if key.startswith(_SKIPPED_SAM_KEYS) or key.endswith("attention_bias_idxs"):
+            continue
+        if key.startswith("mask_decoder."):
+            rest = key[len("mask_decoder."):]
+            state[f"mask_decoder_hr.{rest}"] = value
+            state[f"mask_decoder_lr.{rest}"] = value
+        else:
+            state[key] = value
+    required = {k for k in model.state_dict() if _is_sam_key(k)}
+    _load_strict(model, state, path, required)
+    return model
+
+
+def load_reference_decoder(decoder: WsiMaskDecoder, path: str | os.PathLike) -> WsiMaskDecoder:
+    """Load one reference WSI-SAM decoder file (``{"model": state_dict}``) into ``decoder``."""
+    path = Path(path)
+    raw = _torch_load(path)
+    if "model" not in raw or not isinstance(raw["model"], dict):
+        raise CheckpointError(f"checkpoint {path} is not a WSI-SAM decoder file: no 'model' state dict "
+                              f"(top-level keys: {sorted(raw)[:8]})")
+    state = {k.removeprefix("module."): v for k, v in raw["model"].items()}
+    _load_strict(decoder, state, path, set(decoder.state_dict()))
+    return decoder
+
+
+def save_wsisam(model: WsiSam, path: str | os.PathLike) -> Path:
+    """Write ``model`` with its configuration to one safetensors file (atomically)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
+    meta = {"format": FORMAT_NAME, "format_version": FORMAT_VERSION, "config": json.dumps(model.config.to_dict())}
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    os.close(fd)
+    try:
+        save_file(state, tmp, metadata=meta)
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+    return path
+
+
+def read_config(path: str | os.PathLike) -> WsiSamConfig:
+    """The configuration stored in one of our checkpoint files."""
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"checkpoint {path} not found")
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            meta = f.metadata() or {}
+    except Exception as exc:
+        raise CheckpointError(f"checkpoint {path} is not a safetensors file: {exc}") from exc
+    if meta.get("format") != FORMAT_NAME or "config" not in meta:
+        raise CheckpointError(f"checkpoint {path} is a safetensors file but not a {FORMAT_NAME} model "
+                              "(no configuration in its metadata)")
+    return WsiSamConfig.from_dict(json.loads(meta["config"]))
+
+
+def load_wsisam(path: str | os.PathLike, **config_overrides) -> WsiSam:
+    """Rebuild a model from one of our checkpoint files; inference-only fields may be overridden."""
+    from safetensors.torch import load_file
+
+    path = Path(path)
+    config = read_config(path)
+    if config_overrides:
+        config = config.replace(**config_overrides)
+    model = WsiSam(config)
+    _load_strict(model, load_file(str(path)), path, set(model.state_dict()))
+    return model.eval()
+
+
+def file_sha256(path: str | os.PathLike) -> str:
+    """Checksum of a weights file, for run manifests."""
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()

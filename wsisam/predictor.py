@@ -1,0 +1,199 @@
+"""``WsiSamPredictor``: concentric patch pairs in, masks for any number of prompts out."""
+from __future__ import annotations
+
+import contextlib
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from .modeling import EncodedImages, WsiSam
+from .prompts import PromptBatch
+
+
+@dataclass
+class WsiSamPrediction:
+    """Outputs for N prompts over S x S patches (numpy, on the CPU).
+
+    hr_logits / lr_logits (N, S, S) float32; hr_masks / lr_masks (N, S, S) bool (logit > 0);
+    iou (N,) float32: SAM's predicted IoU for the prompt's HR mask (the score we report);
+    low_res_hr_logits (N, L, L): the HR logits before upsampling, usable as a next mask input.
+    """
+
+    hr_logits: np.ndarray
+    lr_logits: np.ndarray
+    iou: np.ndarray
+    low_res_hr_logits: np.ndarray
+
+    @property
+    def hr_masks(self) -> np.ndarray:
+        return self.hr_logits > 0.0
+
+    @property
+    def lr_masks(self) -> np.ndarray:
+        return self.lr_logits > 0.0
+
+
+class WsiSamPredictor:
+    """Predict WSI-SAM masks for prompts on concentric HR/LR patch pairs.
+
+    >>> p = WsiSamPredictor(build_wsisam("vit_test"))
+    >>> p.set_patch_pairs(hr, lr, scale_ratio=2.0)          # (B, S, S, 3) uint8 each
+    >>> out = p.predict(boxes=[[10, 10, 60, 80]], pair_index=[0])
+
+    Prompts are in HR pixel coordinates with segment-anything's convention (see
+    :mod:`wsisam.geometry`); the LR prompts are derived inside. All prompts of a call go through
+    the decoders in batches of ``max_prompts_per_batch``; each image is encoded once.
+    """
+
+    def __init__(self, model: WsiSam, device: str | torch.device | None = None, amp_dtype: torch.dtype | None = None,
+                 compile: bool = False, encoder_batch_size: int = 4, max_prompts_per_batch: int = 64) -> None:
+        if device is None:
+            device = "cuda" if torch.cuda.is_available() else "cpu"
+        self.device = torch.device(device)
+        self.model = model.to(self.device).eval()
+        self.amp_dtype = amp_dtype
+        self.encoder_batch_size = encoder_batch_size
+        self.max_prompts_per_batch = max_prompts_per_batch
+        self._encoder = torch.compile(self.model.image_encoder) if compile else self.model.image_encoder
+        self.img_px = model.config.img_size
+        self.low_res_px = model.config.low_res_px
+        self.reset()
+
+    def reset(self) -> None:
+        self._hr: EncodedImages | None = None
+        self._lr: EncodedImages | None = None
+        self._hr_features = self._lr_features = None
+        self.scale_ratio = 2.0
+
+    @property
+    def num_pairs(self) -> int:
+        return 0 if self._hr is None else self._hr.embeddings.shape[0]
+
+    def _autocast(self):
+        if self.amp_dtype is None:
+            return contextlib.nullcontext()
+        return torch.autocast(self.device.type, dtype=self.amp_dtype)
+
+    def _check_images(self, name: str, images) -> np.ndarray:
+        a = images.cpu().numpy() if isinstance(images, torch.Tensor) else np.asarray(images)
+        if a.ndim == 3:
+            a = a[None]
+        s = self.img_px
+        if a.ndim != 4 or a.shape[1:] != (s, s, 3):
+            raise ValueError(f"{name} must be (B, {s}, {s}, 3) or ({s}, {s}, 3) RGB, got shape {a.shape}")
+        if a.dtype != np.uint8:
+            raise ValueError(f"{name} must be uint8 RGB, got dtype {a.dtype}")
+        if a.shape[0] == 0:
+            raise ValueError(f"{name} holds no images")
+        return a
+
+    @torch.inference_mode()
+    def _encode(self, images: np.ndarray) -> EncodedImages:
+        embs, earlies = [], []
+        for i in range(0, len(images), self.encoder_batch_size):
+            x = torch.from_numpy(images[i:i + self.encoder_batch_size]).to(self.device)
+            with self._autocast():
+                emb, early = self._encoder(self.model.preprocess(x))
+            embs.append(emb.float())
+            earlies.append(early.float())
+        return EncodedImages(torch.cat(embs), torch.cat(earlies))
+
+    @torch.inference_mode()
+    def set_patch_pairs(self, hr_images, lr_images, scale_ratio: float = 2.0) -> None:
+        """Encode B concentric pairs: HR and LR (B, S, S, 3) uint8, LR covering ``scale_ratio``
+        times the HR field of view per side, both centred on the same point."""
+        hr = self._check_images("hr_images", hr_images)
+        lr = self._check_images("lr_images", lr_images)
+        if hr.shape[0] != lr.shape[0]:
+            raise ValueError(f"hr_images has {hr.shape[0]} images but lr_images has {lr.shape[0]}")
+        if not np.isfinite(scale_ratio) or scale_ratio < 1.0:
+            raise ValueError(f"scale_ratio must be a finite number >= 1 (LR pixel / HR pixel), got {scale_ratio}")
+        self.reset()
+        both = self._encode(np.concatenate([hr, lr]))
+        b = hr.shape[0]
+        self._hr = EncodedImages(both.embeddings[:b], both.early[:b])
+        self._lr = EncodedImages(both.embeddings[b:], both.early[b:])
+        with self._autocast():
+            hr_f, lr_f = self.model.image_features(self._hr, self._lr)
+        self._hr_features, self._lr_features = hr_f.float(), lr_f.float()
+        self.scale_ratio = float(scale_ratio)
+
+    def _pair_index(self, pair_index, n: int) -> torch.Tensor:
+        if self._hr is None:
+            raise ValueError("no patch pairs set: call set_patch_pairs() first")
+        if pair_index is None:
+            if self.num_pairs != 1:
+                raise ValueError(f"{self.num_pairs} patch pairs are set: give pair_index for each prompt")
+            return torch.zeros(n, dtype=torch.long, device=self.device)
+        idx = np.asarray(pair_index)
+        if idx.shape == ():
+            idx = np.full(n, int(idx))
+        if idx.shape != (n,) or not np.issubdtype(idx.dtype, np.integer):
+            raise ValueError(f"pair_index must be {n} integers, one per prompt, got {idx.shape} {idx.dtype}")
+        if (idx < 0).any() or (idx >= self.num_pairs).any():
+            raise ValueError(f"pair_index out of range: {self.num_pairs} patch pairs are set")
+        return torch.as_tensor(idx, dtype=torch.long, device=self.device)
+
+    @staticmethod
+    def _rows(t: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
+        """Per-prompt rows of per-image tensors, without copying when all prompts share one image."""
+        if bool((idx == idx[0]).all()):
+            return t[idx[0]:idx[0] + 1].expand(len(idx), *t.shape[1:])
+        return t.index_select(0, idx)
+
+    def _upsample(self, low: torch.Tensor) -> np.ndarray:
+        up = F.interpolate(low.float(), (self.img_px, self.img_px), mode="bilinear", align_corners=False)
+        return up[:, 0].cpu().numpy()
+
+    @torch.inference_mode()
+    def predict(self, boxes=None, points=None, point_labels=None, mask_inputs=None, pair_index=None,
+                add_sam_logits: bool | None = None) -> WsiSamPrediction:
+        """WSI-SAM masks for N prompts (HR pixel coordinates), prompt i on pair ``pair_index[i]``.
+
+        boxes (N, 4); points (N, P, 2) with point_labels (N, P); mask_inputs (N, 1, L, L) logits
+        over the HR patch. Prompt i at HR is paired with the same prompt mapped into LR.
+        """
+        prompts = PromptBatch.from_arrays(self.img_px, self.low_res_px, boxes, points, point_labels, mask_inputs,
+                                          device=self.device)
+        idx = self._pair_index(pair_index, len(prompts))
+        outs = []
+        for start in range(0, len(prompts), self.max_prompts_per_batch):
+            sl = slice(start, start + self.max_prompts_per_batch)
+            hr_p, i = prompts.select(sl), idx[sl]
+            with self._autocast():
+                outs.append(self.model.forward_wsi(
+                    EncodedImages(self._rows(self._hr.embeddings, i), None), self._rows(self._hr_features, i),
+                    EncodedImages(self._rows(self._lr.embeddings, i), None), self._rows(self._lr_features, i),
+                    hr_p, hr_p.to_lr(self.img_px, self.scale_ratio), add_sam_logits=add_sam_logits))
+        hr = torch.cat([o.hr_logits for o in outs]).float()
+        lr = torch.cat([o.lr_logits for o in outs]).float()
+        iou = torch.cat([o.iou for o in outs]).float()
+        return WsiSamPrediction(self._upsample(hr), self._upsample(lr), iou.cpu().numpy(), hr[:, 0].cpu().numpy())
+
+    @torch.inference_mode()
+    def predict_sam(self, boxes=None, points=None, point_labels=None, mask_inputs=None, pair_index=None,
+                    multimask_output: bool = False) -> tuple[np.ndarray, np.ndarray]:
+        """SAM's own path on the HR patches (no WSI tokens): the baseline WSI-SAM is compared with.
+
+        Returns logits (N, K, S, S) and predicted IoU (N, K), K = 3 with ``multimask_output`` else 1,
+        as ``segment_anything.SamPredictor.predict_torch`` with ``return_logits=True``.
+        """
+        prompts = PromptBatch.from_arrays(self.img_px, self.low_res_px, boxes, points, point_labels, mask_inputs,
+                                          device=self.device)
+        idx = self._pair_index(pair_index, len(prompts)).cpu().numpy()
+        k = 3 if multimask_output else 1
+        logits = np.zeros((len(prompts), k, self.img_px, self.img_px), np.float32)
+        ious = np.zeros((len(prompts), k), np.float32)
+        for pair in np.unique(idx):
+            rows = np.flatnonzero(idx == pair)
+            for start in range(0, len(rows), self.max_prompts_per_batch):
+                r = rows[start:start + self.max_prompts_per_batch]
+                image = EncodedImages(self._hr.embeddings[pair:pair + 1], self._hr.early[pair:pair + 1])
+                with self._autocast():
+                    low, iou = self.model.forward_sam(image, prompts.select(torch.as_tensor(r)), multimask_output)
+                up = F.interpolate(low.float(), (self.img_px, self.img_px), mode="bilinear", align_corners=False)
+                logits[r] = up.cpu().numpy()
+                ious[r] = iou.float().cpu().numpy()
+        return logits, ious
