@@ -41,7 +41,7 @@ def test_chunked_batches_equal_one_batch(predictor):
     try:
         chunked = predictor.predict(boxes=BOXES, pair_index=0)
     finally:
-        predictor.max_prompts_per_batch = 64
+        predictor.max_prompts_per_batch = 8
     np.testing.assert_allclose(one.hr_logits, chunked.hr_logits, atol=1e-5)
 
 
@@ -258,3 +258,10 @@ def test_registry_builds_every_backbone_shape():
 def test_new_parameter_counts_match_the_paper_design(name, expected):
     m = wsisam.build_wsisam(name)
     assert sum(p.numel() for p in m.mask_decoder_hr.wsi_parameters()) == expected
+
+
+def test_skipping_lr_masks_keeps_hr_masks(predictor):
+    full = predictor.predict(boxes=BOXES, pair_index=[0, 1, 2, 1])
+    hr_only = predictor.predict(boxes=BOXES, pair_index=[0, 1, 2, 1], return_lr=False)
+    assert hr_only.lr_logits is None and hr_only.lr_masks is None
+    np.testing.assert_allclose(full.hr_logits, hr_only.hr_logits, atol=1e-6)

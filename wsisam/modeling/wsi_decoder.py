@@ -5,9 +5,10 @@ from dataclasses import dataclass
 
 import torch
 from segment_anything.modeling import MaskDecoder
-from segment_anything.modeling.common import LayerNorm2d
 from segment_anything.modeling.mask_decoder import MLP
 from torch import nn
+
+from .layer_norm import ChannelLayerNorm2d as LayerNorm2d
 
 # Names of the parameters WSI-SAM adds to SAM's decoder (HQ-SAM's names, as in the reference files).
 WSI_PARAM_PREFIXES = ("hf_token", "hf_mlp", "compress_vit_feat", "embedding_encoder", "embedding_maskfeature")
@@ -23,7 +24,7 @@ class DecoderOutput:
     """
 
     token: torch.Tensor
-    fused_features: torch.Tensor
+    fused_features: torch.Tensor | None
     sam_logits: torch.Tensor
     iou: torch.Tensor
 
@@ -40,6 +41,7 @@ class WsiMaskDecoder(MaskDecoder):
     def __init__(self, *, early_dim: int, **sam_decoder_kwargs) -> None:
         super().__init__(**sam_decoder_kwargs)
         d = self.transformer_dim
+        self.output_upscaling[1] = LayerNorm2d(d // 4)  # same parameters as SAM's, fused computation
         self.hf_token = nn.Embedding(1, d)
         self.hf_mlp = MLP(d, d, d // 8, 3)
         self.compress_vit_feat = nn.Sequential(
@@ -70,11 +72,14 @@ class WsiMaskDecoder(MaskDecoder):
         return self.embedding_encoder(image_embeddings) + self.compress_vit_feat(early_features.permute(0, 3, 1, 2))
 
     def forward_wsi(self, image_embeddings: torch.Tensor, image_features: torch.Tensor, image_pe: torch.Tensor,
-                    sparse_prompt_embeddings: torch.Tensor, dense_prompt_embeddings: torch.Tensor) -> DecoderOutput:
+                    sparse_prompt_embeddings: torch.Tensor, dense_prompt_embeddings: torch.Tensor,
+                    fuse: bool = True) -> DecoderOutput:
         """Run the two-way transformer once for N prompts, each with its own image.
 
         image_embeddings (N, D, g, g) and image_features (N, D/8, 4g, 4g), row i being prompt i's
         image (expanded views are fine); image_pe (1, D, g, g); sparse (N, T, D); dense (N, D, g, g).
+        ``fuse=False`` skips the per-prompt fused mask features (``fused_features`` is None) when
+        only this decoder's token is needed: the fusion is the decoder's costliest per-prompt step.
         """
         n = sparse_prompt_embeddings.shape[0]
         output_tokens = torch.cat([self.iou_token.weight, self.mask_tokens.weight, self.hf_token.weight], dim=0)
@@ -87,7 +92,7 @@ class WsiMaskDecoder(MaskDecoder):
         sam_token = self.output_hypernetworks_mlps[0](hs[:, 1, :])
         wsi_token = self.hf_mlp(hs[:, 1 + self.num_mask_tokens, :])
         upscaled = self.output_upscaling(src.transpose(1, 2).reshape(b, c, h, w))
-        fused = self.embedding_maskfeature(upscaled) + image_features
+        fused = self.embedding_maskfeature(upscaled) + image_features if fuse else None
         lb, lc, lh, lw = upscaled.shape
         sam_logits = (sam_token.unsqueeze(1) @ upscaled.reshape(lb, lc, lh * lw)).view(lb, 1, lh, lw)
         return DecoderOutput(token=wsi_token, fused_features=fused, sam_logits=sam_logits, iou=iou)

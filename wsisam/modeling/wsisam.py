@@ -33,7 +33,7 @@ class WsiSamOutput:
     """
 
     hr_logits: torch.Tensor
-    lr_logits: torch.Tensor
+    lr_logits: torch.Tensor | None
     sam_hr_logits: torch.Tensor
     iou: torch.Tensor
 
@@ -132,23 +132,25 @@ class WsiSam(nn.Module):
 
     def forward_wsi(self, hr: EncodedImages, hr_features: torch.Tensor, lr: EncodedImages,
                     lr_features: torch.Tensor, hr_prompts: PromptBatch, lr_prompts: PromptBatch,
-                    add_sam_logits: bool | None = None) -> WsiSamOutput:
+                    add_sam_logits: bool | None = None, lr_mask: bool = True) -> WsiSamOutput:
         """WSI-SAM for N prompts; prompt i pairs HR image i with LR image i.
 
         ``hr``/``lr`` rows (and the fused image features from :meth:`image_features`) must be
         per prompt (N rows; expanded views are fine). ``add_sam_logits`` defaults to the config's
         (the reference adds SAM's HR mask at inference; training uses the WSI masks alone).
+        ``lr_mask=False`` skips the LR mask (``lr_logits`` is None), which halves the per-prompt
+        fusion work when only the HR mask is wanted; the LR token still takes part.
         """
         pe = self.prompt_encoder.get_dense_pe()
         hr_sparse, hr_dense = self.embed_prompts(hr_prompts)
         lr_sparse, lr_dense = self.embed_prompts(lr_prompts)
         out_hr = self.mask_decoder_hr.forward_wsi(hr.embeddings, hr_features, pe, hr_sparse, hr_dense)
-        out_lr = self.mask_decoder_lr.forward_wsi(lr.embeddings, lr_features, pe, lr_sparse, lr_dense)
+        out_lr = self.mask_decoder_lr.forward_wsi(lr.embeddings, lr_features, pe, lr_sparse, lr_dense, fuse=lr_mask)
         token = out_hr.token + out_lr.token
         if self.config.token_aggregation == "mean":
             token = token / 2
         hr_logits = self._apply_token(token, out_hr.fused_features)
-        lr_logits = self._apply_token(token, out_lr.fused_features)
+        lr_logits = self._apply_token(token, out_lr.fused_features) if lr_mask else None
         if self.config.add_sam_logits if add_sam_logits is None else add_sam_logits:
             hr_logits = hr_logits + out_hr.sam_logits
         return WsiSamOutput(hr_logits, lr_logits, out_hr.sam_logits, out_hr.iou)
