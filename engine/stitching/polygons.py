@@ -79,6 +79,25 @@ def object_polygon(
 COLUMNS = ["object_id", "prompt_id", "class_name", "score", "area_um2", "geometry"]
 
 
+def object_row(obj: ObjectMask, geom: Polygonal, slide_mpp: float) -> dict:
+    """One GeoDataFrame row for an object and its outline (see :data:`COLUMNS`)."""
+    return {
+        "object_id": int(obj.object_id),
+        "prompt_id": int(obj.prompt_id),
+        "class_name": obj.class_name,
+        "score": float(obj.score),
+        "area_um2": float(geom.area * slide_mpp**2),
+        "geometry": geom,
+    }
+
+
+def rows_to_geodataframe(rows: list[dict]) -> gpd.GeoDataFrame:
+    """Rows from :func:`object_row` -> GeoDataFrame sorted by object_id, crs=None."""
+    rows = sorted(rows, key=lambda r: r["object_id"])
+    gdf = gpd.GeoDataFrame(rows, columns=COLUMNS, geometry="geometry", crs=None)
+    return gdf.astype({"object_id": "int64", "prompt_id": "int64", "score": "float64", "area_um2": "float64"})
+
+
 def objects_to_geodataframe(
     records: Iterable[ObjectMask],
     slide_mpp: float,
@@ -93,18 +112,6 @@ def objects_to_geodataframe(
     rows = []
     for obj in records:
         geom = object_polygon(obj, slide_mpp, min_area_um2, min_hole_um2)
-        if geom is None:
-            continue
-        rows.append(
-            {
-                "object_id": int(obj.object_id),
-                "prompt_id": int(obj.prompt_id),
-                "class_name": obj.class_name,
-                "score": float(obj.score),
-                "area_um2": float(geom.area * slide_mpp**2),
-                "geometry": geom,
-            }
-        )
-    rows.sort(key=lambda r: r["object_id"])
-    gdf = gpd.GeoDataFrame(rows, columns=COLUMNS, geometry="geometry", crs=None)
-    return gdf.astype({"object_id": "int64", "prompt_id": "int64", "score": "float64", "area_um2": "float64"})
+        if geom is not None:
+            rows.append(object_row(obj, geom, slide_mpp))
+    return rows_to_geodataframe(rows)

@@ -1,0 +1,54 @@
+"""WSI-SAM as a window segmenter."""
+from __future__ import annotations
+
+from typing import Literal
+
+import numpy as np
+
+import wsisam
+
+from ..records import ObjectMask
+from .base import WindowJob, group_by_kind, mask_to_object, prompt_arrays_hr_px
+
+
+class WsiSamSegmenter:
+    """Segments windows with a :class:`wsisam.WsiSamPredictor`: all windows of a call are encoded
+    in one ``set_patch_pairs`` (batched), and all their prompts of one kind go through the
+    decoders together. ``mode="sam"`` runs SAM's own path on the HR patch instead (the baseline)."""
+
+    def __init__(self, predictor: wsisam.WsiSamPredictor, mode: Literal["wsi", "sam"] = "wsi") -> None:
+        if mode not in ("wsi", "sam"):
+            raise ValueError(f"mode must be 'wsi' or 'sam', got {mode!r}")
+        self.predictor = predictor
+        self.mode = mode
+        self.name = f"wsisam-{predictor.model.config.name}-{mode}"
+        self.patch_px = predictor.img_px
+
+    def segment(self, jobs: list[WindowJob]) -> list[ObjectMask]:
+        if not jobs:
+            return []
+        ratios = {round(j.window.pair.ratio, 9) for j in jobs}
+        if len(ratios) != 1:
+            raise ValueError(f"windows of one call must share the HR/LR ratio, got {sorted(ratios)}")
+        self.predictor.set_patch_pairs(np.stack([j.hr for j in jobs]), np.stack([j.lr for j in jobs]),
+                                       scale_ratio=ratios.pop())
+        flat = [(k, p) for k, j in enumerate(jobs) for p in j.prompts]
+        results: dict[int, ObjectMask | None] = {}
+        for idx in group_by_kind([p for _, p in flat]).values():
+            masks, scores = self._predict([flat[i] for i in idx], jobs)
+            for i, mask, score in zip(idx, masks, scores):
+                k, prompt = flat[i]
+                results[i] = mask_to_object(mask, prompt, jobs[k].window, score)
+        return [results[i] for i in range(len(flat)) if results[i] is not None]
+
+    def _predict(self, items, jobs):
+        # Prompts are converted per window (each has its own frame), then batched together.
+        arrays = [prompt_arrays_hr_px([p], jobs[k].window) for k, p in items]
+        kw = {key: None if arrays[0][key] is None else np.concatenate([a[key] for a in arrays])
+              for key in ("boxes", "points", "point_labels")}
+        pair_index = np.array([k for k, _ in items])
+        if self.mode == "sam":
+            logits, iou = self.predictor.predict_sam(pair_index=pair_index, **kw)
+            return logits[:, 0] > 0, iou[:, 0]
+        out = self.predictor.predict(pair_index=pair_index, return_lr=False, **kw)
+        return out.hr_masks, out.iou
