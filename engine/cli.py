@@ -1,18 +1,35 @@
-"""The ``wsisam-engine`` command line: one subcommand per module under ``engine.commands``."""
+"""The ``wsisam-engine`` command line: one subcommand per module in ``engine/commands/``.
+
+Each command module has ``add_parser(subparsers, name)``, which registers its arguments and sets
+``run(args) -> int`` as the parser default. Modules are imported when the parser is built.
+"""
 from __future__ import annotations
 
 import argparse
+import importlib
 import sys
 
-from .commands import bench_cmd
-
-COMMANDS = {"bench": bench_cmd}
+# command name -> module under engine.commands
+COMMANDS = {
+    "segment": "segment_cmd",
+    "train": "train_cmd",
+    "evaluate": "evaluate_cmd",
+    "experiment": "experiment_cmd",
+    "bench": "bench_cmd",
+    "demo": "demo_cmd",
+}
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="wsisam-engine", description=__doc__)
+    parser = argparse.ArgumentParser(prog="wsisam-engine", description="Slide-scale WSI-SAM segmentation.")
     sub = parser.add_subparsers(dest="command", required=True)
-    for name, module in COMMANDS.items():
+    for name, module_name in COMMANDS.items():
+        try:
+            module = importlib.import_module(f"engine.commands.{module_name}")
+        except ModuleNotFoundError as exc:
+            if exc.name != f"engine.commands.{module_name}":
+                raise
+            continue  # a command not built yet
         module.add_parser(sub, name)
     return parser
 
