@@ -13,6 +13,7 @@ Outputs of a slide appear whole or not at all: everything is written into
 """
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import shutil
@@ -26,7 +27,7 @@ import geopandas as gpd
 from .records import ObjectMask, Prompt
 from .scheduler import ScheduleConfig, Window, schedule_stats, schedule_windows
 from .segmenters import WindowJob, WindowSegmenter
-from .slides import Slide
+from .slides import Slide, SlideInfo
 from .stitching import LabelImageWriter, object_polygon, write_geoparquet, write_qupath_geojson
 from .stitching.polygons import object_row, rows_to_geodataframe
 
@@ -90,7 +91,12 @@ def plan_slide(slide: Slide, prompts: list[Prompt], schedule: ScheduleConfig) ->
 
     w, h = slide.dimensions_l0_px
     kept, report = validate_prompts(prompts, w, h)
-    windows = schedule_windows(slide.slide_id, kept, slide.mpp, schedule)
+    windows = [
+        # The slide moves each centre onto its pyramid's pixel grid, so the pair is read exactly.
+        dataclasses.replace(win, pair=slide.patch_pair(win.pair.centre_l0_px, win.pair.patch_px, win.pair.hr_mpp,
+                                                       win.pair.lr_mpp))
+        for win in schedule_windows(slide.slide_id, kept, slide.mpp, schedule)
+    ]
     return SlidePlan(slide.slide_id, kept, windows, len(prompts), report.dropped_outside)
 
 
@@ -180,7 +186,7 @@ def segment_slide(slide: Slide, prompts: list[Prompt], segmenter: WindowSegmente
     t.update(read=0.0, segment=0.0, stitch=0.0)
     try:
         # Windows of one level share the HR/LR ratio and pixel size: batch within a level.
-        for level_windows in _by_level(plan.windows):
+        for level_windows in by_level(plan.windows):
             for windows in batched(level_windows, windows_per_batch):
                 a = time.perf_counter()
                 jobs = list(read_jobs(slide, plan, windows))
@@ -196,7 +202,7 @@ def segment_slide(slide: Slide, prompts: list[Prompt], segmenter: WindowSegmente
         result.empty_masks = result.prompts - result.objects
         a = time.perf_counter()
         result.timings_s = t
-        writer.commit(_summary(result, slide, schedule, output, segmenter))
+        writer.commit(summary_dict(result, slide.info(), asdict(schedule), asdict(output), segmenter.name))
         t["write"] = time.perf_counter() - a
     except BaseException:
         writer.abort()
@@ -204,21 +210,21 @@ def segment_slide(slide: Slide, prompts: list[Prompt], segmenter: WindowSegmente
     return result
 
 
-def _by_level(windows: list[Window]) -> list[list[Window]]:
+def by_level(windows: list[Window]) -> list[list[Window]]:
+    """Windows grouped by pyramid level (finest first), each group in schedule order."""
     levels: dict[int, list[Window]] = {}
     for w in windows:
         levels.setdefault(w.level, []).append(w)
     return [levels[k] for k in sorted(levels)]
 
 
-def _summary(result: SlideResult, slide: Slide, schedule: ScheduleConfig, output: OutputConfig,
-             segmenter: WindowSegmenter) -> dict:
+def summary_dict(result: SlideResult, info: SlideInfo, schedule: dict, output: dict, segmenter: str) -> dict:
+    """The slide's ``summary.json``: what was run on what, and what came out."""
     return {
-        "slide": {"slide_id": slide.slide_id, "path": str(slide.path), "mpp": slide.mpp,
-                  "dimensions_l0_px": list(slide.dimensions_l0_px)},
-        "segmenter": segmenter.name,
-        "schedule": asdict(schedule),
-        "output": asdict(output),
+        "slide": asdict(info),
+        "segmenter": segmenter,
+        "schedule": schedule,
+        "output": output,
         "result": asdict(result),
         "score": "predicted IoU of SAM's single-mask output in the same HR decoder pass (WSI-SAM has no score head)",
         "overlap_rule": "a pixel claimed by several objects goes to the higher score; ties to the lower object id",

@@ -1,0 +1,114 @@
+"""The Python API: :func:`segment_slides`."""
+from __future__ import annotations
+
+import os
+from collections.abc import Iterable, Mapping
+from dataclasses import asdict
+from pathlib import Path
+
+from .detectors import get_detector
+from .distributed.cluster import connect
+from .distributed.executor import ExecutionConfig, run_cohort
+from .distributed.model_spec import ModelSpec
+from .pipeline import OutputConfig, SlideResult, check_output_dir
+from .prompts import check_slide_ids, read_prompts
+from .records import Prompt
+from .scheduler import ScheduleConfig
+from .slides import SlideInfo, open_slide
+
+SLIDE_SUFFIXES = (".svs", ".tif", ".tiff", ".ndpi", ".mrxs", ".scn", ".vms", ".vmu", ".bif", ".svslide",
+                  ".dcm", ".jp2", ".png", ".jpg", ".jpeg")
+PROMPT_SUFFIXES = (".geojson", ".json", ".csv", ".parquet", ".geoparquet")
+
+
+def find_slides(paths: Iterable[str | os.PathLike]) -> list[Path]:
+    """Slide files named directly or found (not recursively) in folders, sorted by name."""
+    found: list[Path] = []
+    for p in map(Path, paths):
+        if p.is_dir():
+            found += sorted(q for q in p.iterdir() if q.is_file() and q.name.lower().endswith(SLIDE_SUFFIXES))
+        elif p.exists():
+            found.append(p)
+        else:
+            raise FileNotFoundError(f"slide {p} not found")
+    if not found:
+        raise ValueError(f"no slides found in {', '.join(map(str, paths))}")
+    return found
+
+
+def load_prompts(source: str | os.PathLike | Mapping[str, list[Prompt]], slides: list[SlideInfo]
+                 ) -> dict[str, list[Prompt]]:
+    """Prompts per slide from a cohort file, a folder of ``<slide_id>.<ext>`` files, a single
+    file for a single slide, or an in-memory mapping. Unknown slide ids are an error."""
+    ids = [s.slide_id for s in slides]
+    if isinstance(source, Mapping):
+        out = dict(source)
+    else:
+        path = Path(source)
+        if path.is_dir():
+            out = {}
+            for s in slides:
+                files = [path / f"{s.slide_id}{ext}" for ext in PROMPT_SUFFIXES if (path / f"{s.slide_id}{ext}").exists()]
+                if not files:
+                    raise FileNotFoundError(f"no prompt file for slide {s.slide_id!r} in {path}")
+                out.update(read_prompts(files[0], slide_id=s.slide_id))
+        elif len(slides) == 1:
+            out = read_prompts(path, slide_id=slides[0].slide_id)
+        else:
+            out = read_prompts(path)
+    check_slide_ids(out, ids, None if isinstance(source, Mapping) else Path(source))
+    return out
+
+
+def segment_slides(slides: Iterable[str | os.PathLike] | str | os.PathLike, *,
+                   prompts: str | os.PathLike | Mapping[str, list[Prompt]] | None = None,
+                   detector: str | object | None = None, detector_options: dict | None = None,
+                   output_dir: str | os.PathLike, model: ModelSpec | None = None,
+                   schedule: ScheduleConfig | None = None, output: OutputConfig = OutputConfig(),
+                   execution: ExecutionConfig = ExecutionConfig(), address: str | None = None,
+                   slide_mpp: float | None = None, num_cpus: int | None = None, num_gpus: int | None = None,
+                   ) -> list[SlideResult]:
+    """Segment a cohort of slides on Ray and write each slide's outputs under ``output_dir``.
+
+    - ``prompts``: a prompt file (one slide, or a cohort file with a slide column), a folder of
+      ``<slide_id>.geojson|.csv|.parquet``, or a mapping slide id -> prompts; or ``detector``: a
+      detector name (see :func:`engine.detectors.available_detectors`) or object.
+    - ``model``: a :class:`ModelSpec` (default: the bundled demo model).
+    - Joins the cluster at ``address`` (or the one this process runs in: ``ray job submit``,
+      ``RAY_ADDRESS``); otherwise starts an embedded local Ray on 127.0.0.1 (``num_cpus``,
+      ``num_gpus`` declare its resources) and shuts it down afterwards.
+    - Slides already finished in ``output_dir`` are skipped untouched. ``run_manifest.json``
+      records the configuration, model checksums, each slide's status and who ran what.
+
+    Returns one :class:`SlideResult` per slide (``.geodataframe()`` loads its polygons).
+    """
+    import ray
+
+    if (prompts is None) == (detector is None):
+        raise ValueError("give prompts or a detector (exactly one)")
+    paths = find_slides([slides] if isinstance(slides, (str, os.PathLike)) else slides)
+    infos = []
+    for p in paths:
+        with open_slide(p, mpp=slide_mpp) as s:
+            infos.append(s.info())
+    dup = {s.slide_id for s in infos if [t.slide_id for t in infos].count(s.slide_id) > 1}
+    if dup:
+        raise ValueError(f"several slides share the id(s) {sorted(dup)}: slide ids come from file names")
+    by_slide = load_prompts(prompts, infos) if prompts is not None else None
+    det = get_detector(detector, **(detector_options or {})) if isinstance(detector, str) else detector
+    model = model or ModelSpec.demo()
+    out = check_output_dir(output_dir)
+    schedule = schedule or ScheduleConfig(patch_px=model.patch_px())
+    if schedule.patch_px != model.patch_px():
+        raise ValueError(f"schedule.patch_px {schedule.patch_px} differs from the model's input size {model.patch_px()}")
+    cluster = connect(address, num_cpus=num_cpus, num_gpus=num_gpus)
+    try:
+        run_config = {"schedule": asdict(schedule), "output": asdict(output), "execution": asdict(execution),
+                      "model": asdict(model), "segmenter": f"wsisam-{model.mode}",
+                      "prompts": None if prompts is None or isinstance(prompts, Mapping) else str(prompts),
+                      "detector": None if detector is None else str(detector)}
+        results, _ = run_cohort(infos, by_slide, det, model, out, schedule, output, execution, cluster, run_config)
+    finally:
+        if cluster.embedded:
+            ray.shutdown()
+    return results

@@ -1,0 +1,77 @@
+"""``wsisam-engine segment``: a cohort of slides through WSI-SAM on Ray (the product's main job)."""
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+
+def add_parser(sub, name: str) -> None:
+    p = sub.add_parser(name, help="segment slides (prompt files or a detector) on Ray",
+                       description="Segment a cohort on Ray. Joins the cluster it runs in (ray job submit, "
+                                   "RAY_ADDRESS or --address), otherwise starts an embedded local Ray.")
+    p.add_argument("slides", nargs="+", help="slide files or folders of slides")
+    src = p.add_mutually_exclusive_group(required=True)
+    src.add_argument("--prompts", help="prompt file (one slide or a cohort file with a slide column) or a folder "
+                                       "of <slide_id>.geojson|.csv|.parquet")
+    src.add_argument("--detector", help="detector name: tissue, mask-to-boxes, grid-points or a plugin")
+    p.add_argument("--detector-options", default="{}", help="JSON object of detector keyword arguments")
+    p.add_argument("--output", required=True, type=Path, help="output folder (one sub-folder per slide)")
+    m = p.add_argument_group("model (default: the bundled demo model)")
+    m.add_argument("--checkpoint", help="our .safetensors model file")
+    m.add_argument("--backbone", help="vit_tiny, vit_b, vit_l, vit_h (with --sam-checkpoint etc.)")
+    m.add_argument("--sam-checkpoint", help="SAM's sam_vit_*.pth or MobileSAM's mobile_sam.pt")
+    m.add_argument("--hr-decoder", help="reference WSI-SAM HR decoder file")
+    m.add_argument("--lr-decoder", help="reference WSI-SAM LR decoder file")
+    m.add_argument("--mode", choices=["wsi", "sam"], default="wsi", help="sam: SAM's own decoder (baseline)")
+    m.add_argument("--bf16", action="store_true", help="bf16 autocast on GPUs")
+    r = p.add_argument_group("resolution and outputs")
+    r.add_argument("--hr-mpp", type=float, default=1.0, help="HR pixel size, µm (1.0 ~ 10x)")
+    r.add_argument("--lr-mpp", type=float, default=2.0, help="LR pixel size, µm (2.0 ~ 5x)")
+    r.add_argument("--context-px", type=int, default=32, help="HR pixels kept around each box in its window")
+    r.add_argument("--slide-mpp", type=float, default=None, help="level-0 µm/px for slides without one")
+    r.add_argument("--ngff", choices=["0.4", "0.5"], default="0.5", help="0.4 (zarr v2) for QuPath/tiatoolbox")
+    r.add_argument("--min-area-um2", type=float, default=10.0, help="drop polygons smaller than this")
+    x = p.add_argument_group("execution")
+    x.add_argument("--address", default=None, help="Ray address (default: the running cluster or embedded)")
+    x.add_argument("--actors", type=int, default=None, help="model actors (default: one per GPU, else 1)")
+    x.add_argument("--gpus-per-actor", type=float, default=1.0)
+    x.add_argument("--cpus-per-actor", type=float, default=1.0)
+    x.add_argument("--windows-per-batch", type=int, default=4)
+    x.add_argument("--num-cpus", type=int, default=None, help="CPUs of an embedded Ray")
+    x.add_argument("--num-gpus", type=int, default=None, help="GPUs of an embedded Ray")
+    x.add_argument("--no-progress", action="store_true")
+    p.set_defaults(run=run)
+
+
+def model_spec_from_args(args: argparse.Namespace):
+    from ..distributed.model_spec import ModelSpec
+
+    if args.checkpoint is None and args.backbone is None:
+        spec = ModelSpec.demo()
+        return ModelSpec(checkpoint=spec.checkpoint, mode=args.mode, amp="bf16" if args.bf16 else None)
+    return ModelSpec(checkpoint=args.checkpoint, backbone=args.backbone, sam_checkpoint=args.sam_checkpoint,
+                     hr_decoder_checkpoint=args.hr_decoder, lr_decoder_checkpoint=args.lr_decoder,
+                     mode=args.mode, amp="bf16" if args.bf16 else None)
+
+
+def run(args: argparse.Namespace) -> int:
+    from ..api import segment_slides
+    from ..distributed.executor import ExecutionConfig
+    from ..pipeline import OutputConfig
+    from ..scheduler import ScheduleConfig
+    from .summary import print_summary
+
+    spec = model_spec_from_args(args)
+    results = segment_slides(
+        args.slides, prompts=args.prompts, detector=args.detector,
+        detector_options=json.loads(args.detector_options), output_dir=args.output, model=spec,
+        schedule=ScheduleConfig(patch_px=spec.patch_px(), hr_mpp=args.hr_mpp, lr_mpp=args.lr_mpp,
+                                context_px=args.context_px),
+        output=OutputConfig(ngff_version=args.ngff, min_area_um2=args.min_area_um2),
+        execution=ExecutionConfig(actors=args.actors, gpus_per_actor=args.gpus_per_actor,
+                                  cpus_per_actor=args.cpus_per_actor, windows_per_batch=args.windows_per_batch,
+                                  progress=not args.no_progress),
+        address=args.address, slide_mpp=args.slide_mpp, num_cpus=args.num_cpus, num_gpus=args.num_gpus)
+    print_summary(results, args.output)
+    return 0

@@ -1,0 +1,1 @@
+"""Distributed execution on Ray: GPU-pinned model actors, per-slide writers, a streaming driver."""

@@ -1,0 +1,112 @@
+"""Thin Ray actors and tasks; the work itself lives in engine.pipeline and engine.segmenters."""
+from __future__ import annotations
+
+import os
+import socket
+import threading
+import time
+from dataclasses import dataclass
+
+import ray
+
+from ..pipeline import OutputConfig, SlidePlan, SlideWriter, plan_slide, read_jobs
+from ..records import ObjectMask, Prompt
+from ..scheduler import ScheduleConfig, Window
+from ..segmenters import WindowJob
+from ..slides import SlideInfo
+from .model_spec import ModelSpec
+
+
+@dataclass(frozen=True)
+class WorkerIdentity:
+    """Who ran something: for the run manifest."""
+
+    actor_index: int
+    pid: int
+    host: str
+    node_id: str
+    gpu_ids: tuple[str, ...]
+    device: str
+
+
+@dataclass(frozen=True)
+class BatchReport:
+    slide_id: str
+    batch_id: int
+    window_ids: tuple[int, ...]
+    objects: int
+    seconds: float
+    worker: WorkerIdentity
+
+
+class ModelActor:
+    """Holds one loaded model. Created with ``num_gpus`` when the cluster has GPUs (Ray then sets
+    CUDA_VISIBLE_DEVICES to the GPU it pinned), CPUs otherwise."""
+
+    def __init__(self, spec: ModelSpec, actor_index: int, torch_threads: int) -> None:
+        import torch
+
+        gpu_ids = tuple(str(g) for g in ray.get_gpu_ids())
+        device = "cuda" if gpu_ids and torch.cuda.is_available() else "cpu"
+        torch.set_num_threads(max(1, torch_threads))
+        self.segmenter = spec.segmenter(device)
+        self.identity = WorkerIdentity(actor_index, os.getpid(), socket.gethostname(),
+                                       ray.get_runtime_context().get_node_id(), gpu_ids, device)
+        self._lock = threading.Lock()
+        self.busy_s = 0.0
+
+    def identify(self) -> WorkerIdentity:
+        return self.identity
+
+    def segment(self, jobs: list[WindowJob], batch_id: int) -> tuple[list[ObjectMask], BatchReport]:
+        with self._lock:
+            t0 = time.perf_counter()
+            objects = self.segmenter.segment(jobs)
+            dt = time.perf_counter() - t0
+            self.busy_s += dt
+        window = jobs[0].window
+        return objects, BatchReport(window.slide_id, batch_id, tuple(j.window.window_id for j in jobs),
+                                    len(objects), dt, self.identity)
+
+    def busy_seconds(self) -> float:
+        return self.busy_s
+
+
+class SlideWriterActor:
+    """The single writer of one slide's outputs (label image, polygons, summary)."""
+
+    def __init__(self, info: SlideInfo, output_dir: str, label_mpp: float, output: OutputConfig) -> None:
+        self.slide = info.open()
+        self.writer = SlideWriter(self.slide, output_dir, label_mpp, output)
+        self.seconds = 0.0
+
+    def add(self, objects: list[ObjectMask]) -> int:
+        t0 = time.perf_counter()
+        for obj in objects:
+            self.writer.add(obj)
+        self.seconds += time.perf_counter() - t0
+        return len(objects)
+
+    def commit(self, summary: dict) -> float:
+        t0 = time.perf_counter()
+        self.writer.commit(summary)
+        self.slide.close()
+        return self.seconds + time.perf_counter() - t0
+
+    def abort(self) -> None:
+        self.writer.abort()
+
+
+def plan_task(info: SlideInfo, prompts: list[Prompt] | None, detector, schedule: ScheduleConfig) -> SlidePlan:
+    """Prompts (given, or from the detector) -> validated prompts and windows."""
+    with info.open() as slide:
+        if prompts is None:
+            prompts = detector.detect(slide)
+        return plan_slide(slide, prompts, schedule)
+
+
+def read_task(info: SlideInfo, plan_prompts: dict[int, Prompt], windows: list[Window]) -> list[WindowJob]:
+    """Read the patch pairs of a batch of windows."""
+    with info.open() as slide:
+        plan = SlidePlan(info.slide_id, list(plan_prompts.values()), windows, 0, 0)
+        return list(read_jobs(slide, plan, windows))

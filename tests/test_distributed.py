@@ -1,0 +1,194 @@
+"""The main job on a real local Ray: embedded mode, `ray job submit` to a head with logical GPUs,
+a model actor killed mid-run, a driver stopped after its first slide."""
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import shapely
+import zarr
+
+import engine
+import wsisam
+from conftest import make_model
+from engine.distributed.executor import ExecutionConfig
+from engine.distributed.manifest import read_manifest
+from engine.scheduler import ScheduleConfig
+from engine.synthetic import make_synthetic_slide
+
+SCHEDULE = ScheduleConfig(patch_px=256, context_px=16)
+pytestmark = pytest.mark.timeout(300)
+
+
+@pytest.fixture(scope="module")
+def cohort(tmp_path_factory):
+    d = tmp_path_factory.mktemp("cohort")
+    slides = d / "slides"
+    slides.mkdir()
+    prompts = d / "prompts"
+    prompts.mkdir()
+    for i in range(3):
+        s = make_synthetic_slide(slides / f"case_{i}.ome.tif", 3000, 2400, mpp=0.5, n_objects=8, seed=10 + i,
+                                 n_large=0)
+        s.write_truth(prompts / f"case_{i}.geojson")
+    model = wsisam.save_wsisam(make_model("vit_test", seed=0), d / "model.safetensors")
+    return slides, prompts, model
+
+
+def segment_cli(cohort, out, *extra):
+    slides, prompts, model = cohort
+    # Batch composition (windows per batch) is fixed across runs: outputs are bit-identical for a
+    # given composition, whatever the number of actors, restarts or reruns.
+    return [sys.executable, "-m", "engine.cli", "segment", str(slides), "--prompts", str(prompts), "--output",
+            str(out), "--checkpoint", str(model), "--context-px", "16", "--no-progress", "--windows-per-batch", "2",
+            *extra]
+
+
+def outputs(out: Path) -> dict:
+    """What a user compares: each slide's label pixels and polygons."""
+    got = {}
+    for d in sorted(p for p in out.iterdir() if p.is_dir()):
+        labels = zarr.open_group(str(d / "labels.ome.zarr"), mode="r")["labels/objects/0"][:]
+        import geopandas as gpd
+
+        gdf = gpd.read_parquet(d / "objects.parquet")
+        got[d.name] = (labels, gdf)
+    return got
+
+
+def assert_same_outputs(a: dict, b: dict) -> None:
+    assert sorted(a) == sorted(b) and len(a) == 3
+    for k in a:
+        np.testing.assert_array_equal(a[k][0], b[k][0])
+        ga, gb = a[k][1], b[k][1]
+        assert list(ga.object_id) == list(gb.object_id)
+        assert shapely.equals_exact(ga.geometry.values, gb.geometry.values, tolerance=0).all()
+        np.testing.assert_array_equal(ga.score.values, gb.score.values)
+
+
+@pytest.fixture(scope="module")
+def embedded_run(cohort, tmp_path_factory):
+    """(a) the embedded mode: no cluster running, so segment_slides starts and stops its own Ray."""
+    import ray
+
+    assert not ray.is_initialized()
+    slides, prompts, model = cohort
+    out = tmp_path_factory.mktemp("embedded")
+    results = engine.segment_slides(slides, prompts=prompts, output_dir=out,
+                                    model=engine.ModelSpec(checkpoint=str(model)), schedule=SCHEDULE,
+                                    execution=ExecutionConfig(progress=False, windows_per_batch=2), num_cpus=2)
+    assert not ray.is_initialized()  # the embedded Ray is shut down again
+    return out, results
+
+
+def test_embedded_mode(embedded_run):
+    out, results = embedded_run
+    assert [r.slide_id for r in results] == ["case_0", "case_1", "case_2"]
+    assert all(r.status == "done" and r.objects + r.empty_masks == r.prompts == 8 for r in results)
+    m = read_manifest(out)
+    assert len(m["actors"]) == 1 and m["actors"][0]["gpu_ids"] == [] and m["actors"][0]["device"] == "cpu"
+    assert all(s["status"] == "done" and s["windows_computed"] == s["windows"] for s in m["slides"].values())
+    assert m["model_sha256"]["checkpoint"] == wsisam.checkpoint.file_sha256(m["config"]["model"]["checkpoint"])
+    gdf = results[0].geodataframe()
+    assert len(gdf) >= 1 and gdf.crs is None
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def ray_head(tmp_path_factory):
+    """`ray start --head --num-gpus 2`: logical GPUs on this CPU machine."""
+    ray_bin = Path(sys.executable).parent / "ray"
+    env = dict(os.environ, RAY_AUTH_MODE="disabled")
+    port, dash = free_port(), free_port()
+    tmp = Path("/tmp") / f"ray-head-{os.getpid()}"
+    start = [str(ray_bin), "start", "--head", f"--port={port}", "--num-cpus=2", "--num-gpus=2",
+             "--include-dashboard=true", "--dashboard-host=127.0.0.1", f"--dashboard-port={dash}",
+             "--node-ip-address=127.0.0.1", f"--temp-dir={tmp}", "--object-store-memory=300000000",
+             "--disable-usage-stats"]
+    subprocess.run(start, check=True, env=env, capture_output=True, timeout=120)
+    try:
+        yield {"gcs": f"127.0.0.1:{port}", "dashboard": f"http://127.0.0.1:{dash}", "env": env}
+    finally:
+        subprocess.run([str(ray_bin), "stop", "--force"], env=env, capture_output=True, timeout=120)
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+def test_ray_job_submit_on_two_logical_gpus(cohort, ray_head, embedded_run, tmp_path):
+    """(b) a cohort submitted with `ray job submit`: the same outputs as the embedded run (which had
+    one actor), and the two model actors each held a different GPU."""
+    out = tmp_path / "submitted"
+    ray_bin = Path(sys.executable).parent / "ray"
+    cmd = [str(ray_bin), "job", "submit", "--address", ray_head["dashboard"], "--", *segment_cli(cohort, out)]
+    proc = subprocess.run(cmd, env=ray_head["env"], capture_output=True, text=True, timeout=280, cwd=Path.cwd())
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    assert "succeeded" in (proc.stdout + proc.stderr).lower()
+    m = read_manifest(out)
+    assert not m["cluster"]["embedded"] and m["cluster"]["num_gpus"] == 2
+    gpus = [tuple(a["gpu_ids"]) for a in m["actors"]]
+    assert len(gpus) == 2 and len(set(gpus)) == 2 and all(len(g) == 1 for g in gpus)
+    used = {tuple(b["gpu_ids"]) for s in m["slides"].values() for b in s["batches"]}
+    assert used == set(gpus)  # both actors did work
+    assert_same_outputs(outputs(out), outputs(embedded_run[0]))
+
+
+def test_killed_model_actor_loses_and_duplicates_nothing(cohort, embedded_run, tmp_path):
+    """A model actor's process killed mid-run: the run completes with the clean run's outputs."""
+    out = tmp_path / "killed"
+    env = dict(os.environ, RAY_AUTH_MODE="disabled")
+    proc = subprocess.Popen(segment_cli(cohort, out, "--num-cpus", "2"), env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        deadline = time.time() + 200
+        while not (out / "case_0" / "summary.json").exists():  # first slide done: we are mid-run
+            assert proc.poll() is None and time.time() < deadline, proc.stdout.read() if proc.poll() else "timeout"
+            time.sleep(0.2)
+        pid = read_manifest(out)["actors"][0]["pid"]
+        os.kill(pid, signal.SIGKILL)
+        log, _ = proc.communicate(timeout=240)
+    finally:
+        proc.kill()
+    assert proc.returncode == 0, log[-3000:]
+    m = read_manifest(out)
+    pids = {b["pid"] for s in m["slides"].values() for b in s["batches"]}
+    assert pid in pids and len(pids) == 2  # batches ran before and after the restart
+    assert_same_outputs(outputs(out), outputs(embedded_run[0]))
+
+
+def test_interrupted_driver_rerun_skips_finished_slides(cohort, embedded_run, tmp_path):
+    """A driver stopped after its first slide: the rerun recomputes no window of that slide."""
+    out = tmp_path / "rerun"
+    env = dict(os.environ, RAY_AUTH_MODE="disabled")
+    proc = subprocess.Popen(segment_cli(cohort, out, "--num-cpus", "2"), env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        deadline = time.time() + 200
+        while not (out / "case_0" / "summary.json").exists():
+            assert proc.poll() is None and time.time() < deadline
+            time.sleep(0.1)
+        proc.send_signal(signal.SIGKILL)
+        proc.wait(timeout=60)
+    finally:
+        proc.kill()
+    first = {p.name for p in out.iterdir() if p.is_dir() and not p.name.startswith(".")}
+    assert "case_0" in first and "case_2" not in first  # stopped mid-cohort, finished slides whole
+    before = (out / "case_0" / "summary.json").stat().st_mtime_ns
+    proc = subprocess.run(segment_cli(cohort, out, "--num-cpus", "2"), env=env, capture_output=True, text=True,
+                          timeout=280)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    m = read_manifest(out)
+    assert m["slides"]["case_0"]["status"] == "skipped" and m["slides"]["case_0"]["windows_computed"] == 0
+    assert (out / "case_0" / "summary.json").stat().st_mtime_ns == before  # untouched
+    assert not any(p.name.endswith(".partial") for p in out.iterdir())
+    assert_same_outputs(outputs(out), outputs(embedded_run[0]))
