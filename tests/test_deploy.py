@@ -1,0 +1,320 @@
+"""deploy/: the cluster-launcher config, the KubeRay RayJob, the runtime env, the Dockerfile and
+the GPU check script, checked offline with Ray's own schema and parsers where Ray has them."""
+from __future__ import annotations
+
+import argparse
+import copy
+import importlib.util
+import json
+import re
+import shlex
+import shutil
+import subprocess
+import zipfile
+from pathlib import Path
+
+import jsonschema
+import pytest
+import yaml
+
+ROOT = Path(__file__).resolve().parents[1]
+DEPLOY = ROOT / "deploy"
+
+
+def _segment_parser() -> argparse.ArgumentParser | None:
+    """A parser holding only ``segment`` (other commands' modules are not imported)."""
+    if importlib.util.find_spec("engine.commands.segment_cmd") is None:
+        return None
+    from engine.commands import segment_cmd
+
+    parser = argparse.ArgumentParser(prog="wsisam-engine")
+    segment_cmd.add_parser(parser.add_subparsers(dest="command", required=True), "segment")
+    return parser
+
+
+def _segment_argv(command: str) -> list[str]:
+    """The arguments after the program of a ``wsisam-engine segment`` or
+    ``python -m engine.cli segment`` command line."""
+    words = shlex.split(command)
+    if words[:2] == ["wsisam-engine", "segment"]:
+        return words[1:]
+    m = [i for i in range(len(words) - 2) if words[i:i + 3] == ["-m", "engine.cli", "segment"]]
+    assert m and re.fullmatch(r"(\S*/)?python(3(\.\d+)?)?", words[m[0] - 1]), command
+    return words[m[0] + 2:]
+
+
+def _check_segment_command(command: str) -> argparse.Namespace | None:
+    argv = _segment_argv(command)
+    parser = _segment_parser()
+    if parser is None:
+        return None
+    try:
+        return parser.parse_args(argv)
+    except SystemExit:  # argparse exits on an option or value segment does not accept
+        pytest.fail(f"wsisam-engine segment rejects: {command}")
+
+
+# ---------------------------------------------------------------- cluster launcher
+
+@pytest.fixture(scope="module")
+def ray_schema():
+    import ray.autoscaler
+
+    path = Path(ray.autoscaler.__file__).parent / "ray-schema.json"
+    schema = json.loads(path.read_text())
+    jsonschema.validators.validator_for(schema).check_schema(schema)
+    return schema
+
+
+@pytest.fixture(scope="module")
+def cluster():
+    return yaml.safe_load((DEPLOY / "cluster.yaml").read_text())
+
+
+def test_cluster_yaml_validates_against_rays_schema(ray_schema, cluster):
+    jsonschema.validate(cluster, ray_schema)
+
+
+def test_cluster_yaml_passes_ray_up_config_checks(cluster):
+    # What `ray up` runs before touching the cloud: defaults merged, then schema and consistency.
+    from ray.autoscaler._private.util import prepare_config, validate_config
+
+    prepared = prepare_config(copy.deepcopy(cluster))
+    validate_config(prepared)
+    assert prepared["head_node_type"] in prepared["available_node_types"]
+    # our setup commands replaced the provider defaults (which pip-install; the cluster is offline)
+    assert not any("pip install" in c for c in prepared["head_setup_commands"] + prepared["worker_setup_commands"])
+
+
+def test_rays_schema_is_not_vacuous(ray_schema, cluster):
+    bad = copy.deepcopy(cluster)
+    bad["available_node_types"]["gpu.a10g"]["resources"]["GPU"] = 0.5  # resources are integers
+    with pytest.raises(jsonschema.ValidationError):
+        jsonschema.validate(bad, ray_schema)
+    bad = copy.deepcopy(cluster)
+    bad["head_nodes"] = {}  # no such field
+    with pytest.raises(jsonschema.ValidationError):
+        jsonschema.validate(bad, ray_schema)
+
+
+def test_cluster_layout_and_safety(cluster):
+    types = cluster["available_node_types"]
+    head = types[cluster["head_node_type"]]
+    assert head["resources"].get("GPU", 0) == 0
+    gpu_types = [t for name, t in types.items() if name != cluster["head_node_type"]]
+    assert gpu_types and all(t["resources"]["GPU"] >= 1 for t in gpu_types)
+    assert sum(t.get("min_workers", 0) for t in types.values()) <= cluster["max_workers"]
+    assert cluster["docker"]["image"]
+    run_options = " ".join(cluster["docker"]["run_options"])
+    for path in ("/data/slides:ro", "/data/prompts:ro", "/models:ro", "/data/out"):
+        assert path in run_options
+    assert "RAY_AUTH_MODE=token" in run_options and "HF_HUB_OFFLINE=1" in run_options
+    head_start = " ".join(cluster["head_start_ray_commands"])
+    assert "--dashboard-host=127.0.0.1" in head_start and "0.0.0.0" not in head_start
+    assert cluster["provider"]["use_internal_ips"] is True
+
+
+# ---------------------------------------------------------------- KubeRay RayJob
+
+@pytest.fixture(scope="module")
+def rayjob_docs():
+    return [d for d in yaml.safe_load_all((DEPLOY / "rayjob.yaml").read_text()) if d]
+
+
+@pytest.fixture(scope="module")
+def rayjob(rayjob_docs):
+    jobs = [d for d in rayjob_docs if d.get("kind") == "RayJob"]
+    assert len(jobs) == 1
+    return jobs[0]
+
+
+def _containers(group: dict) -> list[dict]:
+    containers = group["template"]["spec"]["containers"]
+    assert containers and all(c.get("name") and c.get("image") for c in containers)
+    return containers
+
+
+def test_rayjob_required_fields(rayjob):
+    assert rayjob["apiVersion"] == "ray.io/v1"
+    assert rayjob["kind"] == "RayJob"
+    assert re.fullmatch(r"[a-z0-9]([-a-z0-9]*[a-z0-9])?", rayjob["metadata"]["name"])
+    spec = rayjob["spec"]
+    assert isinstance(spec["entrypoint"], str) and spec["entrypoint"].strip()
+    assert spec["shutdownAfterJobFinishes"] is True and spec["ttlSecondsAfterFinished"] > 0
+    cluster = spec["rayClusterSpec"]
+    head = cluster["headGroupSpec"]
+    assert isinstance(head["rayStartParams"], dict)
+    assert all(isinstance(v, str) for v in head["rayStartParams"].values())  # KubeRay wants strings
+    _containers(head)
+    workers = cluster["workerGroupSpecs"]
+    assert workers
+    for group in workers:
+        assert group["groupName"] and isinstance(group["replicas"], int)
+        assert group.get("minReplicas", 0) <= group["replicas"] <= group.get("maxReplicas", group["replicas"])
+        assert isinstance(group["rayStartParams"], dict)
+        assert all(isinstance(v, str) for v in group["rayStartParams"].values())
+        _containers(group)
+
+
+def test_rayjob_workers_request_gpus_and_one_actor_per_gpu(rayjob):
+    spec = rayjob["spec"]
+    total_gpus = 0
+    for group in spec["rayClusterSpec"]["workerGroupSpecs"]:
+        gpus = sum(int(c["resources"]["limits"]["nvidia.com/gpu"]) for c in _containers(group))
+        assert gpus >= 1
+        total_gpus += gpus * group["replicas"]
+    head = spec["rayClusterSpec"]["headGroupSpec"]
+    assert all("nvidia.com/gpu" not in c.get("resources", {}).get("limits", {}) for c in _containers(head))
+    argv = _segment_argv(spec["entrypoint"])
+    actors = int(argv[argv.index("--actors") + 1])
+    gpus_per_actor = float(argv[argv.index("--gpus-per-actor") + 1])
+    assert actors * gpus_per_actor == total_gpus
+
+
+def test_rayjob_entrypoint_runs_segment(rayjob):
+    entrypoint = rayjob["spec"]["entrypoint"]
+    assert re.match(r"\s*(wsisam-engine segment|(\S*/)?python3?(\.\d+)? -m engine\.cli segment)\s", entrypoint)
+    args = _check_segment_command(entrypoint)
+    if args is not None:  # the segment command exists: its parser accepts every option used
+        assert args.command == "segment" and args.address == "auto"
+        assert args.checkpoint and str(args.output)
+
+
+def test_rayjob_volumes_and_runtime_env(rayjob):
+    from ray.runtime_env import RuntimeEnv
+
+    spec = rayjob["spec"]
+    env = yaml.safe_load(spec["runtimeEnvYAML"])
+    RuntimeEnv(**env)
+    assert env["env_vars"]["HF_HUB_OFFLINE"] == "1"
+    assert not {"pip", "uv", "conda"} & set(env)
+    groups = [spec["rayClusterSpec"]["headGroupSpec"], *spec["rayClusterSpec"]["workerGroupSpecs"]]
+    for group in groups:
+        pod = group["template"]["spec"]
+        claims = {v["name"]: v["persistentVolumeClaim"] for v in pod["volumes"] if "persistentVolumeClaim" in v}
+        assert len(claims) >= 3
+        for container in pod["containers"]:
+            mounts = {m["mountPath"]: m for m in container["volumeMounts"]}
+            for path in ("/data/slides", "/data/prompts", "/models"):
+                assert mounts[path]["readOnly"] is True and mounts[path]["name"] in claims
+            assert not mounts["/data/out"].get("readOnly", False)
+            assert container["securityContext"]["allowPrivilegeEscalation"] is False
+        assert pod["securityContext"]["runAsNonRoot"] is True
+
+
+def test_rayjob_network_policy(rayjob_docs, rayjob):
+    policies = [d for d in rayjob_docs if d.get("kind") == "NetworkPolicy"]
+    assert policies
+    assert {p["metadata"]["namespace"] for p in policies} == {rayjob["metadata"]["namespace"]}
+    assert rayjob["spec"]["rayClusterSpec"]["headGroupSpec"].get("serviceType", "ClusterIP") == "ClusterIP"
+
+
+# ---------------------------------------------------------------- runtime env
+
+def test_runtime_env_is_accepted_by_ray(tmp_path):
+    from ray.dashboard.modules.dashboard_sdk import parse_runtime_env_args
+    from ray.runtime_env import RuntimeEnv
+
+    # exactly what `ray job submit --working-dir . --runtime-env deploy/runtime_env.yaml` builds
+    env = parse_runtime_env_args(runtime_env=str(DEPLOY / "runtime_env.yaml"), working_dir=str(ROOT))
+    parsed = RuntimeEnv(**env).to_dict()
+    assert parsed["env_vars"]["HF_HUB_OFFLINE"] == "1"
+    assert int(parsed["env_vars"]["OMP_NUM_THREADS"]) >= 1
+    assert not {"pip", "uv", "conda", "container", "image_uri"} & set(parsed)
+
+
+def test_runtime_env_excludes_venv_outputs_and_weights(tmp_path):
+    # Ray's own packaging of a working_dir, on a small stand-in checkout.
+    from ray._private.runtime_env.packaging import _zip_files
+
+    env = yaml.safe_load((DEPLOY / "runtime_env.yaml").read_text())
+    files = ["engine/cli.py", "wsisam/__init__.py", "deploy/runtime_env.yaml", "pyproject.toml",
+             ".venv/lib/python3.11/site-packages/torch/__init__.py", "outputs/slide1/labels.zarr/zarr.json",
+             "out/x.geojson", "runs/r1/manifest.json", "engine/__pycache__/cli.cpython-311.pyc",
+             "wsisam.safetensors", "models/mobile_sam.pt", "models/hr.pth", "slides/a.svs", ".git/HEAD"]
+    for f in files:
+        (tmp_path / "repo" / f).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / "repo" / f).write_text("x")
+    _zip_files(str(tmp_path / "repo"), env["excludes"], str(tmp_path / "pkg.zip"), include_gitignore=True)
+    names = set(zipfile.ZipFile(tmp_path / "pkg.zip").namelist())
+    assert {"engine/cli.py", "wsisam/__init__.py", "deploy/runtime_env.yaml", "pyproject.toml"} <= names
+    assert not [n for n in names if n.split("/")[0] in {".venv", "outputs", "out", "runs", ".git", "slides"}
+                or "__pycache__" in n or n.endswith((".safetensors", ".pt", ".pth"))]
+
+
+# ---------------------------------------------------------------- Dockerfile
+
+def _dockerfile_instructions() -> list[tuple[str, str]]:
+    text = (DEPLOY / "Dockerfile").read_text()
+    logical, buf = [], ""
+    for line in text.splitlines():
+        if not buf and (not line.strip() or line.lstrip().startswith("#")):
+            continue
+        if line.rstrip().endswith("\\"):
+            buf += line.rstrip()[:-1] + " "
+            continue
+        logical.append(buf + line)
+        buf = ""
+    out = []
+    for line in logical:
+        word, _, rest = line.strip().partition(" ")
+        out.append((word.upper(), rest.strip()))
+    return out
+
+
+def test_dockerfile_parses_sensibly():
+    import ray
+
+    instructions = _dockerfile_instructions()
+    known = {"FROM", "ARG", "RUN", "COPY", "ADD", "ENV", "USER", "WORKDIR", "ENTRYPOINT", "CMD", "LABEL",
+             "EXPOSE", "HEALTHCHECK", "SHELL", "VOLUME", "STOPSIGNAL", "ONBUILD"}
+    assert all(word in known for word, _ in instructions), instructions
+    words = [w for w, _ in instructions]
+    assert words[0] in {"FROM", "ARG"} and "FROM" in words
+    assert all(w == "ARG" for w in words[:words.index("FROM")])
+    args = dict(re.match(r"(\w+)=?(.*)", rest).groups() for w, rest in instructions if w == "ARG")
+    base = next(rest for w, rest in instructions if w == "FROM")
+    base = re.sub(r"\$\{?(\w+)\}?", lambda m: args.get(m.group(1), m.group(0)), base).split()[0]
+    # Python 3.11 image, Ray equal to the one the project pins (and this venv runs)
+    assert re.search(r"py311", base), base
+    assert f"ray:{ray.__version__}-" in base, base
+    runs = " ".join(rest for w, rest in instructions if w == "RUN")
+    assert "sys.version_info[:2] == (3, 11)" in runs
+    # the project installed with pip from the copied sources, pyproject included
+    copies = [rest for w, rest in instructions if w == "COPY"]
+    assert any("pyproject.toml" in c for c in copies)
+    copied = {c.split()[-2] for c in copies}
+    assert {"wsisam", "engine"} <= copied
+    assert re.search(r"pip install [^&;]*/tmp/wsisam-src", runs)
+    envs = " ".join(rest for w, rest in instructions if w == "ENV")
+    assert "HF_HUB_OFFLINE=1" in envs
+    users = [rest for w, rest in instructions if w == "USER"]
+    assert users and users[-1] not in {"root", "0"}
+    assert "CMD" in words or "ENTRYPOINT" in words
+
+
+# ---------------------------------------------------------------- GPU check and README
+
+def test_gpu_check_script_is_valid_bash():
+    script = DEPLOY / "gpu_check.sh"
+    assert shutil.which("bash")
+    subprocess.run(["bash", "-n", str(script)], check=True)
+    text = script.read_text()
+    assert "WSISAM_TEST_DEVICE=cuda" in text
+    assert "tests/test_sam_parity.py tests/test_wsisam_model.py" in text
+    assert "bench model --backbones vit_tiny,vit_b --prompts 1,8,64 --device cuda --bf16" in text
+    assert '--json "$OUT/bench_model.json"' in text
+    limits = [int(n) for n in re.findall(r"^step \S+ (\d+) ", text, re.M)]
+    assert len(limits) == 4 and sum(limits) + 10 * len(limits) <= 8 * 60
+
+
+def test_readme_submit_command():
+    text = (DEPLOY / "README.md").read_text()
+    command = ("ray job submit --address http://HEAD:8265 --working-dir . --runtime-env deploy/runtime_env.yaml -- "
+               "wsisam-engine segment /data/slides --prompts /data/prompts --output /data/out "
+               "--checkpoint /models/wsisam.safetensors")
+    assert command in text
+    assert "## Running a shared cluster safely" in text and "RAY_AUTH_MODE=token" in text
+    args = _check_segment_command(command.split(" -- ", 1)[1])
+    if args is not None:
+        assert args.prompts == "/data/prompts"
