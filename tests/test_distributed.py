@@ -143,17 +143,25 @@ def test_ray_job_submit_on_two_logical_gpus(cohort, ray_head, embedded_run, tmp_
     assert_same_outputs(outputs(out), outputs(embedded_run[0]))
 
 
-def test_killed_model_actor_loses_and_duplicates_nothing(cohort, embedded_run, tmp_path):
-    """A model actor's process killed mid-run: the run completes with the clean run's outputs."""
-    out = tmp_path / "killed"
+def start_until_first_slide(cohort, out: Path) -> subprocess.Popen:
+    """Start a run with an embedded Ray; return once its first slide is published (mid-run)."""
     env = dict(os.environ, RAY_AUTH_MODE="disabled")
     proc = subprocess.Popen(segment_cli(cohort, out, "--num-cpus", "2"), env=env,
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    deadline = time.time() + 200
+    while not (out / "case_0" / "summary.json").exists():
+        if proc.poll() is not None or time.time() > deadline:
+            proc.kill()
+            pytest.fail(f"the run ended or stalled before its first slide: {proc.communicate()[0][-3000:]}")
+        time.sleep(0.1)
+    return proc
+
+
+def test_killed_model_actor_loses_and_duplicates_nothing(cohort, embedded_run, tmp_path):
+    """A model actor's process killed mid-run: the run completes with the clean run's outputs."""
+    out = tmp_path / "killed"
+    proc = start_until_first_slide(cohort, out)
     try:
-        deadline = time.time() + 200
-        while not (out / "case_0" / "summary.json").exists():  # first slide done: we are mid-run
-            assert proc.poll() is None and time.time() < deadline, proc.stdout.read() if proc.poll() else "timeout"
-            time.sleep(0.2)
         pid = read_manifest(out)["actors"][0]["pid"]
         os.kill(pid, signal.SIGKILL)
         log, _ = proc.communicate(timeout=240)
@@ -170,13 +178,8 @@ def test_interrupted_driver_rerun_skips_finished_slides(cohort, embedded_run, tm
     """A driver stopped after its first slide: the rerun recomputes no window of that slide."""
     out = tmp_path / "rerun"
     env = dict(os.environ, RAY_AUTH_MODE="disabled")
-    proc = subprocess.Popen(segment_cli(cohort, out, "--num-cpus", "2"), env=env,
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    proc = start_until_first_slide(cohort, out)
     try:
-        deadline = time.time() + 200
-        while not (out / "case_0" / "summary.json").exists():
-            assert proc.poll() is None and time.time() < deadline
-            time.sleep(0.1)
         proc.send_signal(signal.SIGKILL)
         proc.wait(timeout=60)
     finally:
