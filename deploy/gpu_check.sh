@@ -18,8 +18,8 @@ if [ -z "${PYTHON:-}" ]; then
   if [ -x .venv/bin/python ]; then PYTHON=.venv/bin/python; else PYTHON=python3; fi
 fi
 export HF_HUB_OFFLINE=1 PYTHONUNBUFFERED=1
-# The tests select their device from WSISAM_TEST_DEVICE once someone wires it into tests/
-# (conftest/test files); until then they run on the CPU and this step only shows they pass here.
+# The model tests (tests/conftest.py DEVICE) run their predictors and SamPredictor on this device,
+# with TF32 off so the fp32 parity bound of 1e-5 still applies.
 export WSISAM_TEST_DEVICE=cuda
 
 SUMMARY="$OUT/summary.txt"

@@ -8,6 +8,12 @@ import torch
 
 import wsisam
 
+#: Where model tests run: "cpu" here; deploy/gpu_check.sh sets WSISAM_TEST_DEVICE=cuda on a GPU machine.
+DEVICE = os.environ.get("WSISAM_TEST_DEVICE", "cpu")
+if DEVICE.startswith("cuda"):
+    torch.backends.cudnn.allow_tf32 = False  # the parity checks compare fp32 to 1e-5
+    torch.backends.cuda.matmul.allow_tf32 = False
+
 
 @pytest.fixture
 def rng():

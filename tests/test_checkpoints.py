@@ -4,7 +4,7 @@ import pytest
 import torch
 
 import wsisam
-from conftest import make_model, random_pair
+from conftest import DEVICE, make_model, random_pair
 
 
 def sam_style_state(model: wsisam.WsiSam, with_classifier: bool = False) -> dict:
@@ -29,7 +29,7 @@ def sam_style_state(model: wsisam.WsiSam, with_classifier: bool = False) -> dict
 def outputs(model, rng_seed=0, boxes=((20.0, 30.0, 120.0, 160.0), (5.0, 5.0, 60.0, 40.0))):
     rng = np.random.default_rng(rng_seed)
     hr, lr = random_pair(rng, model.config.img_size)
-    p = wsisam.WsiSamPredictor(model, device="cpu")
+    p = wsisam.WsiSamPredictor(model, device=DEVICE)
     p.set_patch_pairs(hr, lr)
     out = p.predict(boxes=np.array(boxes))
     sam, _ = p.predict_sam(boxes=np.array(boxes))

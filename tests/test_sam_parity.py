@@ -7,7 +7,7 @@ from segment_anything.modeling import ImageEncoderViT, MaskDecoder, Sam
 
 import wsisam
 from wsisam.modeling.wsisam import vit_encoder_kwargs
-from conftest import make_model
+from conftest import DEVICE, make_model
 
 
 def reference_sam(model: wsisam.WsiSam) -> Sam:
@@ -28,9 +28,9 @@ def pair():
     rng = np.random.default_rng(1)
     s = model.config.img_size
     image = rng.integers(0, 256, (s, s, 3), dtype=np.uint8)
-    ours = wsisam.WsiSamPredictor(model, device="cpu")
+    ours = wsisam.WsiSamPredictor(model, device=DEVICE)
     ours.set_patch_pairs(image, rng.integers(0, 256, (s, s, 3), dtype=np.uint8))
-    theirs = SamPredictor(reference_sam(model))
+    theirs = SamPredictor(reference_sam(model).to(DEVICE))
     theirs.set_image(image)
     return ours, theirs
 
@@ -67,8 +67,8 @@ def test_batched_boxes_match_predict_torch(pair):
     masks, iou, _ = theirs.predict_torch(None, None, boxes=torch.as_tensor(boxes, dtype=torch.float32),
                                          multimask_output=False, return_logits=True)
     logits, our_iou = ours.predict_sam(boxes=boxes)
-    np.testing.assert_allclose(logits, masks.numpy(), atol=1e-5, rtol=0)
-    np.testing.assert_allclose(our_iou, iou.numpy(), atol=1e-5, rtol=0)
+    np.testing.assert_allclose(logits, masks.cpu().numpy(), atol=1e-5, rtol=0)
+    np.testing.assert_allclose(our_iou, iou.cpu().numpy(), atol=1e-5, rtol=0)
 
 
 def test_early_feature_is_first_global_block_output():
@@ -77,7 +77,8 @@ def test_early_feature_is_first_global_block_output():
     first_global = next(i for i, b in enumerate(enc.blocks) if b.window_size == 0)
     captured = {}
     handle = enc.blocks[first_global].register_forward_hook(lambda m, i, o: captured.setdefault("x", o))
-    x = torch.randn(1, 3, 256, 256)
+    x = torch.randn(1, 3, 256, 256, device=DEVICE)
+    enc = enc.to(DEVICE)
     with torch.no_grad():
         _, early = enc(x)
     handle.remove()

@@ -4,7 +4,7 @@ import pytest
 import torch
 
 import wsisam
-from conftest import make_model, random_pair
+from conftest import DEVICE, make_model, random_pair
 from wsisam.geometry import hr_to_lr_mask, hr_to_lr_px, lr_to_hr_px
 from wsisam.modeling import EncodedImages
 from wsisam.prompts import PromptBatch
@@ -13,7 +13,7 @@ from wsisam.prompts import PromptBatch
 @pytest.fixture(scope="module")
 def predictor():
     model = make_model("vit_test", seed=11)
-    p = wsisam.WsiSamPredictor(model, device="cpu")
+    p = wsisam.WsiSamPredictor(model, device=DEVICE)
     hr, lr = random_pair(np.random.default_rng(2), model.config.img_size, n=3)
     p.set_patch_pairs(hr, lr)
     return p
@@ -63,7 +63,7 @@ def test_sum_is_twice_mean():
     hr, lr = random_pair(np.random.default_rng(0), 256)
     outs = []
     for m in (mean, summ):
-        p = wsisam.WsiSamPredictor(m, device="cpu")
+        p = wsisam.WsiSamPredictor(m, device=DEVICE)
         p.set_patch_pairs(hr, lr)
         outs.append(p.predict(boxes=BOXES[:2]))
     np.testing.assert_allclose(outs[1].hr_logits, 2 * outs[0].hr_logits, atol=1e-5)
@@ -73,7 +73,7 @@ def test_sum_is_twice_mean():
 def test_sam_logits_option():
     m = make_model("vit_test", seed=1)
     hr, lr = random_pair(np.random.default_rng(0), 256)
-    p = wsisam.WsiSamPredictor(m, device="cpu")
+    p = wsisam.WsiSamPredictor(m, device=DEVICE)
     p.set_patch_pairs(hr, lr)
     with_sam = p.predict(boxes=BOXES[:1]).hr_logits
     without = p.predict(boxes=BOXES[:1], add_sam_logits=False).hr_logits
@@ -84,7 +84,7 @@ def test_lr_context_reaches_the_hr_mask_but_not_sam():
     m = make_model("vit_test", seed=1)
     rng = np.random.default_rng(0)
     hr, lr = random_pair(rng, 256)
-    p = wsisam.WsiSamPredictor(m, device="cpu")
+    p = wsisam.WsiSamPredictor(m, device=DEVICE)
     p.set_patch_pairs(hr, lr)
     a, sa = p.predict(boxes=BOXES[:1]).hr_logits, p.predict_sam(boxes=BOXES[:1])[0]
     p.set_patch_pairs(hr, 255 - lr)
@@ -219,13 +219,13 @@ def test_pair_index_required_with_several_pairs(predictor):
     (np.zeros((2, 256, 256, 3), np.uint8), np.zeros((1, 256, 256, 3), np.uint8), "2 images but lr_images has 1"),
 ])
 def test_bad_images_raise_value_error(hr, lr, match):
-    p = wsisam.WsiSamPredictor(make_model("vit_test"), device="cpu")
+    p = wsisam.WsiSamPredictor(make_model("vit_test"), device=DEVICE)
     with pytest.raises(ValueError, match=match):
         p.set_patch_pairs(hr, lr)
 
 
 def test_predict_before_set_pairs():
-    p = wsisam.WsiSamPredictor(make_model("vit_test"), device="cpu")
+    p = wsisam.WsiSamPredictor(make_model("vit_test"), device=DEVICE)
     with pytest.raises(ValueError, match="set_patch_pairs"):
         p.predict(boxes=[[1, 2, 3, 4]])
 
@@ -240,7 +240,7 @@ def test_bf16_autocast_runs_and_agrees():
     hr, lr = random_pair(np.random.default_rng(0), 256)
     outs = []
     for dtype in (None, torch.bfloat16):
-        p = wsisam.WsiSamPredictor(m, device="cpu", amp_dtype=dtype)
+        p = wsisam.WsiSamPredictor(m, device=DEVICE, amp_dtype=dtype)
         p.set_patch_pairs(hr, lr)
         outs.append(p.predict(boxes=BOXES[:2]).hr_logits)
     assert np.corrcoef(outs[0].ravel(), outs[1].ravel())[0, 1] > 0.95
