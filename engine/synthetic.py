@@ -10,7 +10,16 @@ hematoxylin objects, each in a thin stroma halo (so edge objects sit in tissue t
 
 - ``duct``: an irregular annulus; its hole is the lumen (near-white), NOT part of the object;
 - ``nest``: a solid irregular blob;
-- ``large``: a solid blob more than 1024 µm across (bigger than a 1024 px HR window at 1 µm/px).
+- ``large``: a solid blob more than 1024 µm across (bigger than a 1024 px HR window at 1 µm/px);
+- ``dcis`` (only with ``context_objects``): a large lobed duct, 300-500 µm across, that needs context
+  to be segmented whole. Its outline has bays (concave stretches, so the rim's curvature does not
+  say which side is inside). Its wall is a thin purple rim (6-10 µm); its interior is painted exactly
+  like the surrounding stroma (same colour, same texture field), with necrosis-like debris
+  (pale grey-pink with dark speckles) in an off-centre lumen. The truth is the whole duct
+  (wall, interior and debris, no hole), as pathologists annotate DCIS. It is bigger than the
+  256 µm HR field of the test-size model at 1 µm/px but fits the 512 µm LR field: a window that
+  sees part of it at HR shows arcs of rim around stroma-like tissue, and only the LR patch shows
+  which side of the rim is inside.
 
 Objects never overlap (a gap of ``min_gap_um`` at least). A few objects are cut by the slide
 edge; their truth polygon is clipped to the slide ``[0, W] x [0, H]``.
@@ -41,20 +50,24 @@ from shapely.geometry import Polygon, box, mapping
 
 from engine.slides import slide_id_from_path
 
-CLASS_NAMES = ("duct", "nest", "large")
+CLASS_NAMES = ("duct", "nest", "large", "dcis")
+#: Classes whose extent is ambiguous in a 256 µm HR field and clear in the 512 µm LR field.
+CONTEXT_CLASS_NAMES = ("dcis",)
 #: QuPath classification colours (RGB) per class.
 CLASS_COLORS: dict[str, tuple[int, int, int]] = {
     "duct": (0, 160, 80),
     "nest": (200, 40, 40),
     "large": (40, 80, 220),
+    "dcis": (230, 150, 0),
 }
 
 # Rendered pixel classes and their colours: base RGB, texture amplitude, noise amplitude.
-_BG, _STROMA, _LUMEN, _OBJECT = 0, 1, 2, 3
+_BG, _STROMA, _LUMEN, _OBJECT, _DEBRIS = 0, 1, 2, 3, 4
 BACKGROUND_RGB = (255, 255, 255)
-_BASE = np.array([BACKGROUND_RGB, (232, 160, 200), (246, 242, 246), (118, 68, 158)], np.float32)
-_TEX = np.array([(0, 0, 0), (10, 28, 16), (2, 2, 2), (16, 14, 12)], np.float32)
-_NOISE = np.array([0.0, 1.0, 0.4, 1.0], np.float32)
+_BASE = np.array([BACKGROUND_RGB, (232, 160, 200), (246, 242, 246), (118, 68, 158), (214, 190, 206)], np.float32)
+_TEX = np.array([(0, 0, 0), (10, 28, 16), (2, 2, 2), (16, 14, 12), (4, 4, 4)], np.float32)
+_NOISE = np.array([0.0, 1.0, 0.4, 1.0, 2.0], np.float32)
+_SPECKLE_RGB = np.array((128, 84, 150), np.float32)  # nuclear dust in debris (noise value >= 5: 2 in 13)
 
 # Object sizes in µm.
 _DUCT_R_UM = (40.0, 110.0)  # outer mean radius
@@ -63,6 +76,11 @@ _NEST_R_UM = (25.0, 80.0)
 _LARGE_A_UM = (560.0, 660.0)  # semi-major axis; extent must exceed _LARGE_MIN_EXTENT_UM
 _LARGE_MIN_EXTENT_UM = 1024.0
 _HALO_UM = 20.0
+_DCIS_A_UM = (130.0, 190.0)  # mean radius before the lobes
+_DCIS_LOBES = (0.12, 0.25)  # amplitude of the 2- and 3-fold lobes (>= 0.12: concave bays)
+_DCIS_EXTENT_UM = (300.0, 500.0)  # across: between the 256 µm HR and the 512 µm LR field
+_DCIS_WALL_UM = (6.0, 10.0)
+_DCIS_DEBRIS_FRACTION = (0.25, 0.4)  # debris lumen radius / outer radius
 
 
 @dataclass
@@ -146,15 +164,23 @@ class _Obj:
     truth: Polygon  # object (with hole for ducts), clipped to the slide
     full: Polygon  # filled outline clipped to the slide (truth + lumen)
     halo: Polygon  # stroma around the object, clipped to the slide
+    paint: list[tuple[Polygon, int]] | None = None  # pixel classes inside ``full``; None: lumen + object
 
 
 def _blob(rng: np.random.Generator, cx: float, cy: float, a: float, b: float, n_vert: int,
-          rough: float = 0.07) -> tuple[np.ndarray, np.ndarray]:
-    """Star-shaped irregular ellipse: returns angles-ordered vertices (n, 2) and radius factors."""
+          rough: float = 0.07, lobes: tuple[float, float] | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """Star-shaped irregular ellipse: returns angles-ordered vertices (n, 2) and radius factors.
+
+    ``lobes`` (range of the 2- and 3-fold harmonics' amplitude) makes a lobed outline with bays
+    (concave stretches), as for ``dcis``.
+    """
     theta = np.linspace(0.0, 2 * np.pi, n_vert, endpoint=False)
     f = np.ones_like(theta)
     for k in range(2, 6):
         f += rough / k * rng.uniform(0.3, 1.0) * np.cos(k * theta + rng.uniform(0, 2 * np.pi))
+    if lobes is not None:
+        for k in (2, 3):
+            f += rng.uniform(*lobes) * np.cos(k * theta + rng.uniform(0, 2 * np.pi))
     rot = rng.uniform(0, np.pi)
     x = a * f * np.cos(theta)
     y = b * f * np.sin(theta)
@@ -175,15 +201,31 @@ def _make_shape(rng: np.random.Generator, class_name: str, cx: float, cy: float,
     elif class_name == "large":
         a = rng.uniform(*_LARGE_A_UM) * px_per_um
         b = a * rng.uniform(0.55, 0.8)
+    elif class_name == "dcis":
+        a = rng.uniform(*_DCIS_A_UM) * px_per_um
+        b = a * rng.uniform(0.8, 1.0)
     else:
         raise ValueError(f"unknown class {class_name!r}; expected one of {CLASS_NAMES}")
     n_vert = int(np.clip(2 * np.pi * a / 6.0, 48, 256))
-    pts, f = _blob(rng, cx, cy, a, b, n_vert)
+    if class_name == "dcis":  # lobed, 300-500 µm across: past the HR field, inside the LR field
+        for _ in range(100):
+            pts, f = _blob(rng, cx, cy, a, b, n_vert, lobes=_DCIS_LOBES)
+            extent_um = (pts.max(0) - pts.min(0)).max() / px_per_um
+            if _DCIS_EXTENT_UM[0] <= extent_um <= _DCIS_EXTENT_UM[1] and Polygon(pts).is_valid:
+                break
+    else:
+        pts, f = _blob(rng, cx, cy, a, b, n_vert)
     outer = Polygon(pts)
     lumen = None
     if class_name == "duct":
         s = rng.uniform(*_LUMEN_FRACTION)
         lumen = shapely.affinity.scale(outer, s, s, origin=(cx, cy))
+    elif class_name == "dcis":  # the debris lumen, shifted off the centre
+        s = rng.uniform(*_DCIS_DEBRIS_FRACTION)
+        ang = rng.uniform(0, 2 * np.pi)
+        shift = rng.uniform(0.0, 0.3) * b
+        lumen = shapely.affinity.translate(shapely.affinity.scale(outer, s, s, origin=(cx, cy)),
+                                           shift * np.cos(ang), shift * np.sin(ang))
     return outer, lumen, float(a * f.max())
 
 
@@ -216,13 +258,13 @@ def _tissue_polygon(rng: np.random.Generator, w: int, h: int, fraction: float) -
 
 
 def _layout(rng: np.random.Generator, w: int, h: int, mpp: float, n_objects: int, n_large: int,
-            n_edge: int, tissue: Polygon, min_gap_um: float, max_tries: int = 2000) -> list[_Obj]:
+            n_edge: int, tissue: Polygon, min_gap_um: float, max_tries: int = 2000, n_context: int = 0) -> list[_Obj]:
     px_per_um = 1.0 / mpp
     gap = min_gap_um * px_per_um
     halo_px = _HALO_UM * px_per_um
     slide = box(0, 0, w, h)
-    n_small = n_objects - n_large - n_edge
-    plan = ["large"] * n_large + ["edge"] * n_edge + [
+    n_small = n_objects - n_large - n_edge - n_context
+    plan = ["large"] * n_large + ["dcis"] * n_context + ["edge"] * n_edge + [
         "duct" if i % 2 == 0 else "nest" for i in range(n_small)
     ]
     shapely.prepare(tissue)
@@ -263,15 +305,21 @@ def _layout(rng: np.random.Generator, w: int, h: int, mpp: float, n_objects: int
             if k and np.any(np.hypot(cxs[:k] - cx, cys[:k] - cy) < rs[:k] + r + gap):
                 continue
             full = outer.intersection(slide)
-            obj_geom = outer if lumen is None else outer.difference(lumen)
+            obj_geom = outer if lumen is None or class_name == "dcis" else outer.difference(lumen)
             truth = obj_geom.intersection(slide)
             if not (isinstance(truth, Polygon) and isinstance(full, Polygon) and truth.is_valid):
                 continue
             if truth.area < 0.25 * obj_geom.area:
                 continue
             halo = outer.buffer(halo_px + 0.2 * r, quad_segs=4).intersection(slide)
+            paint = None
+            if class_name == "dcis":
+                wall_px = rng.uniform(*_DCIS_WALL_UM) * px_per_um
+                inner = outer.buffer(-wall_px)
+                debris = lumen.intersection(outer.buffer(-wall_px - 10.0 * px_per_um)).intersection(slide)
+                paint = [(full, _STROMA), (full.difference(inner), _OBJECT), (debris, _DEBRIS)]
             cxs[k], cys[k], rs[k] = cx, cy, r
-            objs.append(_Obj(class_name, cx, cy, r, outer, truth, full, halo))
+            objs.append(_Obj(class_name, cx, cy, r, outer, truth, full, halo, paint))
             if kind == "edge":
                 edge_side += 1
             break
@@ -323,6 +371,9 @@ class _Renderer:
         for i in idx:
             shapes.append((self.objs[i].halo, _STROMA))
         for i in idx:
+            if self.objs[i].paint is not None:
+                shapes.extend(self.objs[i].paint)
+                continue
             shapes.append((self.objs[i].full, _LUMEN))
             shapes.append((self.objs[i].truth, _OBJECT))
         fill = _STROMA if in_tissue and shapely.contains(self.tissue, tile_box) else _BG
@@ -337,6 +388,9 @@ class _Renderer:
             tex += amp * (np.outer(np.cos(by), np.sin(ax)) + np.outer(np.sin(by), np.cos(ax))).astype(np.float32)
         noise = np.random.default_rng([self.seed, level, row, col]).integers(-6, 7, (t, t)).astype(np.float32)
         img = _BASE[cls] + _TEX[cls] * tex[..., None] + (_NOISE[cls] * noise)[..., None]
+        speckle = (cls == _DEBRIS) & (noise >= 5)
+        if speckle.any():
+            img[speckle] = _SPECKLE_RGB + 2.0 * noise[speckle, None]
         return np.clip(img, 0, 255).astype(np.uint8)
 
     def tiles(self, level: int, d: float, w_px: int, h_px: int) -> Iterator[np.ndarray]:
@@ -368,6 +422,7 @@ def make_synthetic_slide(
     *,
     n_large: int | None = None,
     n_edge: int | None = None,
+    context_objects: int = 0,
     tissue_fraction: float = 0.7,
     min_gap_um: float = 10.0,
     tile_px: int = 512,
@@ -385,6 +440,8 @@ def make_synthetic_slide(
         seed: everything (layout, texture, noise) derives from it.
         n_large: objects > 1024 µm across; default: one per 2.5 mm² of tissue, at most 3.
         n_edge: objects cut by the slide edge; default ``min(4, n_objects // 5)``.
+        context_objects: ``dcis`` objects (see the module docstring), counted in ``n_objects``
+            and placed after the large ones; 0 (default) leaves the slide as it always was.
         tissue_fraction: share of the slide covered by the tissue ellipse (1: all of it).
         min_gap_um: least distance between objects' bounding circles.
         tile_px: TIFF tile size (multiple of 16); the pyramid halves until a level fits a tile.
@@ -407,8 +464,9 @@ def make_synthetic_slide(
     if n_edge is None:
         n_edge = min(4, n_objects // 5)
     n_large = min(n_large, n_objects)
-    n_edge = min(n_edge, n_objects - n_large)
-    objs = _layout(rng, w, h, mpp, n_objects, n_large, n_edge, tissue, min_gap_um)
+    n_context = min(int(context_objects), n_objects - n_large)
+    n_edge = min(n_edge, n_objects - n_large - n_context)
+    objs = _layout(rng, w, h, mpp, n_objects, n_large, n_edge, tissue, min_gap_um, n_context=n_context)
 
     truth = gpd.GeoDataFrame(
         {

@@ -212,3 +212,41 @@ def test_huge_slide_in_little_memory(tmp_path):
     with open_slide(tmp_path / "huge.ome.tif") as slide:
         assert slide.dimensions_l0_px == (100_000, 100_000) and slide.level_count == 9
         assert slide.thumbnail(256).shape == (256, 256, 3)
+
+
+def test_context_objects_need_the_lr_field(tmp_path):
+    """``dcis`` objects: bigger than the 256 µm HR field, within the 512 µm LR field, solid truth,
+    a thin purple rim around an interior painted like the stroma outside, debris inside."""
+    from engine.synthetic import CONTEXT_CLASS_NAMES
+
+    n = 3072
+    s = make_synthetic_slide(tmp_path / "ctx.ome.tif", n, n, mpp=MPP, n_objects=12, n_large=0,
+                             context_objects=3, seed=4)
+    t = s.truth
+    ctx = t[t.class_name.isin(CONTEXT_CLASS_NAMES)]
+    assert len(ctx) == 3 and len(t) == 12 and set(t.class_name) == {"dcis", "duct", "nest"}
+    assert t.geometry.is_valid.all()
+    tree = shapely.STRtree(t.geometry.values)
+    left, right = tree.query(t.geometry.values, predicate="intersects")
+    assert np.all(left == right)
+    with open_slide(s.path) as slide:
+        img = slide.read_region((0, 0), n // 2, 2 * MPP)  # 1 µm/px
+    ident = Affine.scale(2.0)  # image px -> level-0 px
+    shape = (n // 2, n // 2)
+    for g in ctx.geometry:
+        x0, y0, x1, y1 = g.bounds
+        assert 256 < max(x1 - x0, y1 - y0) * MPP <= 512
+        assert len(g.interiors) == 0
+        assert g.convex_hull.area > 1.02 * g.area  # lobed: bays make the rim's curvature ambiguous
+        rim = rasterize([(g.difference(g.buffer(-6.0)), 1)], out_shape=shape, transform=ident) == 1
+        assert is_object(img[rim]).mean() > 0.9  # the wall is hematoxylin-purple
+        inside = rasterize([(g.buffer(-30.0), 1)], out_shape=shape, transform=ident) == 1
+        ring_out = rasterize([(g.buffer(25.0).difference(g.buffer(5.0)), 1)], out_shape=shape, transform=ident) == 1
+        grey = img.min(axis=2) < 230
+        stroma_in = img[inside & ~is_object(img) & grey].astype(float)
+        stroma_out = img[ring_out & grey].astype(float)
+        # the interior away from the debris looks like the stroma just outside the wall
+        debris = np.abs(stroma_in - stroma_out.mean(0)).sum(1) > 60
+        assert debris.mean() < 0.5 and (~debris).sum() > 2_500
+        np.testing.assert_allclose(stroma_in[~debris].mean(0), stroma_out.mean(0), atol=6)
+        assert debris.sum() > 150  # necrosis-like debris in the lumen

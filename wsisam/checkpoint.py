@@ -144,7 +144,11 @@ def read_config(path: str | os.PathLike) -> WsiSamConfig:
 
 
 def load_wsisam(path: str | os.PathLike, **config_overrides) -> WsiSam:
-    """Rebuild a model from one of our checkpoint files; inference-only fields may be overridden."""
+    """Rebuild a model from one of our checkpoint files; inference-only fields may be overridden.
+
+    Floating-point tensors stored at a lower precision (e.g. fp16, to keep a file small) are
+    upcast to the model's own dtype (fp32) on loading.
+    """
     from safetensors.torch import load_file
 
     path = Path(path)
@@ -152,7 +156,10 @@ def load_wsisam(path: str | os.PathLike, **config_overrides) -> WsiSam:
     if config_overrides:
         config = config.replace(**config_overrides)
     model = WsiSam(config)
-    _load_strict(model, load_file(str(path)), path, set(model.state_dict()))
+    own = model.state_dict()
+    state = {k: v.to(own[k].dtype) if k in own and v.is_floating_point() and own[k].is_floating_point() else v
+             for k, v in load_file(str(path)).items()}
+    _load_strict(model, state, path, set(own))
     return model.eval()
 
 

@@ -1,6 +1,7 @@
 """WSI-SAM as a window segmenter."""
 from __future__ import annotations
 
+import time
 from typing import Literal
 
 import numpy as np
@@ -23,6 +24,9 @@ class WsiSamSegmenter:
         self.mode = mode
         self.name = f"wsisam-{predictor.model.config.name}-{mode}"
         self.patch_px = predictor.img_px
+        # Seconds spent in the encoder (set_patch_pairs) and in the decoders (prompts -> objects),
+        # accumulated over calls; read by ``wsisam-engine bench``.
+        self.timings = {"encode": 0.0, "decode": 0.0}
 
     def segment(self, jobs: list[WindowJob]) -> list[ObjectMask]:
         if not jobs:
@@ -30,8 +34,10 @@ class WsiSamSegmenter:
         ratios = {round(j.window.pair.ratio, 9) for j in jobs}
         if len(ratios) != 1:
             raise ValueError(f"windows of one call must share the HR/LR ratio, got {sorted(ratios)}")
+        t0 = time.perf_counter()
         self.predictor.set_patch_pairs(np.stack([j.hr for j in jobs]), np.stack([j.lr for j in jobs]),
                                        scale_ratio=ratios.pop())
+        t1 = time.perf_counter()
         flat = [(k, p) for k, j in enumerate(jobs) for p in j.prompts]
         results: dict[int, ObjectMask | None] = {}
         for idx in group_by_kind([p for _, p in flat]).values():
@@ -39,6 +45,8 @@ class WsiSamSegmenter:
             for i, mask, score in zip(idx, masks, scores):
                 k, prompt = flat[i]
                 results[i] = mask_to_object(mask, prompt, jobs[k].window, score)
+        self.timings["encode"] += t1 - t0
+        self.timings["decode"] += time.perf_counter() - t1
         return [results[i] for i in range(len(flat)) if results[i] is not None]
 
     def _predict(self, items, jobs):

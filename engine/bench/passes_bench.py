@@ -1,0 +1,39 @@
+"""Suite ``passes``: image-encoder passes per prompt, from the scheduler's stats (no model runs).
+
+The naive way (the reference demo) encodes an HR and an LR patch for every prompt: 2 passes per
+prompt. The engine encodes 2 per window, so 2 x windows / prompts. Shown for the clustered prompt
+sets of the ``engine`` suite and for every truth object of the bench slide as a box prompt (what
+a detector would give on a tissue slide).
+"""
+from __future__ import annotations
+
+from ..records import Prompt
+from ..scheduler import schedule_stats, schedule_windows
+from .common import (SLIDE_MPP, BenchOptions, SuiteResult, Timer, bench_slide, clustered_prompts, fmt, headline,
+                     schedule_for, usable_l0_px)
+
+
+def run(opts: BenchOptions) -> SuiteResult:
+    schedule = schedule_for(opts.backbone)
+    with Timer() as total:
+        cached, centres = bench_slide(opts, max(opts.windows, 4))
+        sets = [(f"clusters of {d}", clustered_prompts(cached.slide_id, centres[:opts.windows], d,
+                                                       usable_l0_px(schedule), opts.seed)) for d in opts.densities]
+        truth = [Prompt(cached.slide_id, i, box_l0_px=tuple(map(float, b))) for i, b in enumerate(cached.truth_boxes)]
+        sets.append(("truth objects of the slide", truth))
+        rows = []
+        for name, prompts in sets:
+            st = schedule_stats(schedule_windows(cached.slide_id, prompts, SLIDE_MPP, schedule))
+            rows.append({"prompts_from": name, "prompts": st.prompts, "windows": st.windows,
+                         "encoder_passes": st.encoder_passes, "passes_per_prompt": st.encoder_passes_per_prompt,
+                         "naive_passes_per_prompt": 2.0, "reduction": 2.0 / st.encoder_passes_per_prompt})
+    header = ["prompts", "n", "windows", "encoder passes", "passes/prompt engine", "naive", "fewer passes"]
+    table = [[r["prompts_from"], str(r["prompts"]), str(r["windows"]), str(r["encoder_passes"]),
+              fmt(r["passes_per_prompt"]), "2", f"{r['reduction']:.2f}x"] for r in rows]
+    heads = [headline(f"encoder passes/prompt ({r['prompts_from']})", r["passes_per_prompt"], "",
+                      "< 2 (naive)", r["passes_per_prompt"] < 2.0 if r["prompts"] > r["windows"] else None)
+             for r in rows if r["prompts_from"] != "clusters of 1"]
+    notes = [f"{schedule.patch_px} px windows at {schedule.hr_mpp} µm/px HR, {schedule.context_px} px context; "
+             f"slide {cached.side_px} px square at {SLIDE_MPP} µm/px."]
+    return SuiteResult("passes", "2. Encoder passes per prompt (scheduler stats)", header, table, rows, heads, notes,
+                       config={"backbone": opts.backbone, "patch_px": schedule.patch_px}, seconds=total.s)

@@ -1,0 +1,97 @@
+"""``wsisam-engine bench`` suites on tiny inputs: output structure only (no timing assertions)."""
+import json
+
+import pytest
+
+from engine.cli import main
+
+# vit_test (256 px), two densities, one window each, 4000-6000 px slides: about a minute on 2 cores.
+TINY = ["--quick", "--densities", "1,4", "--windows", "1", "--naive-prompts", "1", "--stage-density", "2",
+        "--stage-windows", "1", "--memory-sizes", "4000,6000", "--memory-prompts", "2", "--repeats", "1",
+        "--scaling-windows", "2", "--scaling-density", "1"]
+
+
+@pytest.fixture(scope="module")
+def bench_all(tmp_path_factory):
+    d = tmp_path_factory.mktemp("bench")
+    args = ["bench", "all", *TINY, "--skip", "scaling", "--cache-dir", str(d / "cache"), "--work-dir", str(d / "work"),
+            "--json", str(d / "bench.json"), "--md", str(d / "bench.md")]
+    assert main(args) == 0
+    return d, json.loads((d / "bench.json").read_text()), (d / "bench.md").read_text()
+
+
+def test_all_writes_json_and_markdown(bench_all):
+    d, doc, md = bench_all
+    assert set(doc) >= {"options", "wall_s", "headline", "suites", "command"}
+    assert list(doc["suites"]) == ["engine", "passes", "stages", "flops", "memory"]
+    assert doc["options"]["backbone"] == "vit_test" and doc["options"]["quick"] is True
+    for name, s in doc["suites"].items():
+        assert set(s) >= {"suite", "title", "rows", "headline", "notes", "table"}, name
+        assert s["rows"] and s["table"]["rows"] and s["table"]["header"], name
+        assert f"### {s['title']}" in md
+    assert all(h["value"] == h["value"] for h in doc["headline"])  # no NaN
+    assert md.count("|---|") >= 6  # headline table + five suite tables
+    assert (d / "cache").is_dir() and any((d / "cache").glob("*.ome.tif"))
+
+
+def test_engine_rows(bench_all):
+    rows = bench_all[1]["suites"]["engine"]["rows"]
+    assert [r["density"] for r in rows] == [1, 4]
+    for r in rows:
+        assert r["engine_objects_per_s"] > 0 and r["naive_objects_per_s"] > 0 and r["speedup"] > 0
+        assert r["engine"]["prompts"] == r["density"] and r["engine"]["windows"] == 1
+        assert r["naive"]["prompts"] == 1 and r["naive_encoder_passes_per_prompt"] == 2.0
+        assert r["engine_encoder_passes_per_prompt"] == pytest.approx(2.0 / r["density"])
+
+
+def test_passes_rows(bench_all):
+    rows = bench_all[1]["suites"]["passes"]["rows"]
+    assert [r["prompts_from"] for r in rows][-1] == "truth objects of the slide"
+    for r in rows:
+        assert r["passes_per_prompt"] == pytest.approx(2 * r["windows"] / r["prompts"]) and r["reduction"] > 0
+
+
+def test_stage_shares(bench_all):
+    s = bench_all[1]["suites"]["stages"]
+    assert list(s["config"]["runs"]) == ["object-shaped masks", "random-weight masks"]
+    stages = {r["stage"] for r in s["rows"]}
+    assert {"read", "encode", "decode", "stitch (label image)", "vectorise (polygons)", "write pyramid (labels.ome.zarr)",
+            "write parquet", "write geojson"} <= stages
+    for run in s["config"]["runs"]:
+        assert sum(r[f"{run} share"] for r in s["rows"]) == pytest.approx(1.0)
+    assert 0 < s["config"]["outside_share"] < 1 and 0 < s["config"]["outside_share_steady"] < 1
+    assert s["headline"][0]["target"] == "<= 15%" and isinstance(s["headline"][0]["met"], bool)
+
+
+def test_flops_fraction(bench_all):
+    s = bench_all[1]["suites"]["flops"]
+    assert [r["part"].split()[0] for r in s["rows"]] == ["encoder", "decoder", "model"]
+    for r in s["rows"]:
+        assert r["flops"] > 0 and r["seconds"] > 0 and r["fraction_of_peak"] > 0
+    assert s["config"]["peak_flop_per_s"] > 0
+
+
+def test_memory_rows(bench_all):
+    s = bench_all[1]["suites"]["memory"]
+    assert [r["side_px"] for r in s["rows"]] == [4000, 6000]
+    for r in s["rows"]:
+        assert r["peak_rss_mib"] >= r["start_rss_mib"] > 0 and r["generate_s"] > 0 and r["prompts"] == 2
+        assert r["pipeline_rise_mib"] is None or r["pipeline_peak_rss_mib"] > 0
+    assert s["headline"][0]["target"] == "within ±20%"
+
+
+@pytest.mark.slow
+def test_scaling_suite(tmp_path):
+    """Two embedded Ray runs (1 and 2 model actors): over a minute, so marked slow."""
+    out = tmp_path / "scaling.json"
+    assert main(["bench", "scaling", *TINY, "--cache-dir", str(tmp_path / "cache"), "--json", str(out)]) == 0
+    s = json.loads(out.read_text())["suites"]["scaling"]
+    assert [r["actors"] for r in s["rows"]] == [1, 2] and s["config"]["matmul_thread_scaling"]["ratio"] > 0
+    for r in s["rows"]:
+        assert r["windows"] == 2 and r["windows_per_s"] > 0 and r["objects_per_s"] > 0 and r["speedup"] > 0
+        assert len(r["actor_busy_s"]) == r["actors"] and 0 < r["busy_share"] <= 1.0 + 1e-6
+
+
+def test_unknown_skip_is_an_error(capsys):
+    assert main(["bench", "all", "--skip", "nope"]) == 2
+    assert "unknown suite" in capsys.readouterr().err
