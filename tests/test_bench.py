@@ -55,8 +55,8 @@ def test_stage_shares(bench_all):
     s = bench_all[1]["suites"]["stages"]
     assert list(s["config"]["runs"]) == ["object-shaped masks", "random-weight masks"]
     stages = {r["stage"] for r in s["rows"]}
-    assert {"read", "encode", "decode", "stitch (label image)", "vectorise (polygons)", "write pyramid (labels.ome.zarr)",
-            "write parquet", "write geojson"} <= stages
+    assert {"read", "encode", "decode", "stitch (label image)", "vectorise (polygons)",
+            "write pyramid (labels.ome.zarr)", "write parquet", "write geojson"} <= stages
     for run in s["config"]["runs"]:
         assert sum(r[f"{run} share"] for r in s["rows"]) == pytest.approx(1.0)
     assert 0 < s["config"]["outside_share"] < 1 and 0 < s["config"]["outside_share_steady"] < 1

@@ -69,7 +69,8 @@ def run(opts: BenchOptions) -> SuiteResult:
                              "objects_per_s": r.prompts / wall, "actor_busy_s": busy,
                              "busy_share": sum(busy) / (n * wall), "actor_s_per_window": sum(busy) / r.windows,
                              "load_avg_1min": [load0, os.getloadavg()[0]],
-                             "actors_used": len({b["actor_index"] for s in m["slides"].values() for b in s["batches"]})})
+                             "actors_used": len({b["actor_index"] for e in m["slides"].values()
+                                                 for b in e["batches"]})})
     finally:
         if not opts.work_dir:
             shutil.rmtree(work, ignore_errors=True)

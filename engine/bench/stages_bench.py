@@ -137,7 +137,8 @@ def run(opts: BenchOptions) -> SuiteResult:
              f"{SLIDE_MPP} µm/px (JPEG tiles read by tiatoolbox on the CPU, in the model's process).",
              f"object-shaped masks: the slide's truth objects as prompts ({real['prompts']} in {real['windows']} "
              f"windows); the model runs in full, then its masks are swapped for the truth masks "
-             f"({fmt(real['substitution_s_excluded'])} s of swapping left out). Largest outside the model: {top(names[0])}.",
+             f"({fmt(real['substitution_s_excluded'])} s of swapping left out). "
+             f"Largest outside the model: {top(names[0])}.",
              f"random-weight masks: {runs[names[1]]['prompts']} clustered prompts ({opts.stage_density}/window); "
              "random weights give speckle masks (thousands of components each), so vectorising dominates: "
              f"{top(names[1])}. No trained model makes such masks; shown for completeness."]
