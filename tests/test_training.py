@@ -276,7 +276,7 @@ def test_train_command_writes_model_and_log(tiny, tmp_path):
 def test_demo_model_segments_a_fresh_slide():
     from engine.demo_eval import DEMO_MODEL_PATH, evaluate_demo_model
 
-    assert DEMO_MODEL_PATH.stat().st_size < 4 * 2**20
+    assert DEMO_MODEL_PATH.stat().st_size < 5 * 2**20  # "a few MB at most"
     report = evaluate_demo_model(DEMO_MODEL_PATH, seed=2024, max_objects=12)
     assert report["n_objects"] == 12 and report["n_context"] >= 2
     assert report["wsi"]["mean_dice"] >= 0.8, report
