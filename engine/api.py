@@ -96,7 +96,7 @@ def segment_slides(slides: Iterable[str | os.PathLike] | str | os.PathLike, *,
         raise ValueError(f"several slides share the id(s) {sorted(dup)}: slide ids come from file names")
     by_slide = load_prompts(prompts, infos) if prompts is not None else None
     det = get_detector(detector, **(detector_options or {})) if isinstance(detector, str) else detector
-    model = model or ModelSpec.demo()
+    model = (model or ModelSpec.demo()).validate()  # model files opened and matched before Ray starts
     out = check_output_dir(output_dir)
     schedule = schedule or ScheduleConfig(patch_px=model.patch_px())
     if schedule.patch_px != model.patch_px():

@@ -7,16 +7,23 @@ import wsisam
 from conftest import DEVICE, make_model, random_pair
 
 
-def sam_style_state(model: wsisam.WsiSam, with_classifier: bool = False) -> dict:
-    """What SAM's/MobileSAM's published files hold: image_encoder.*, prompt_encoder.*, mask_decoder.*."""
-    state = {}
-    for k, v in model.state_dict().items():
+def sam_layout(state: dict) -> dict:
+    """Our state dict laid out as SAM's/MobileSAM's published files: image_encoder.*,
+    prompt_encoder.*, mask_decoder.* (SAM's decoder keys only, once)."""
+    out = {}
+    for k, v in state.items():
         if k.startswith("mask_decoder_hr."):
             rest = k[len("mask_decoder_hr."):]
             if not rest.startswith(wsisam.modeling.WSI_PARAM_PREFIXES):
-                state["mask_decoder." + rest] = v.clone()
+                out["mask_decoder." + rest] = v
         elif not k.startswith("mask_decoder_lr."):
-            state[k] = v.clone()
+            out[k] = v
+    return out
+
+
+def sam_style_state(model: wsisam.WsiSam, with_classifier: bool = False) -> dict:
+    """What SAM's/MobileSAM's published files hold: image_encoder.*, prompt_encoder.*, mask_decoder.*."""
+    state = {k: v.clone() for k, v in sam_layout(model.state_dict()).items()}
     if with_classifier:  # MobileSAM keeps TinyViT's unused classifier
         dim = model.config.encoder.embed_dims[-1]
         state["image_encoder.head.weight"] = torch.randn(1000, dim)

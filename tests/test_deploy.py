@@ -231,15 +231,30 @@ def test_runtime_env_excludes_venv_outputs_and_weights(tmp_path):
     files = ["engine/cli.py", "wsisam/__init__.py", "deploy/runtime_env.yaml", "pyproject.toml",
              ".venv/lib/python3.11/site-packages/torch/__init__.py", "outputs/slide1/labels.zarr/zarr.json",
              "out/x.geojson", "runs/r1/manifest.json", "engine/__pycache__/cli.cpython-311.pyc",
-             "wsisam.safetensors", "models/mobile_sam.pt", "models/hr.pth", "slides/a.svs", ".git/HEAD"]
+             "wsisam.safetensors", "models/mobile_sam.pt", "models/hr.pth", "slides/a.svs", ".git/HEAD",
+             "engine/data/demo_model.safetensors", "engine/data/other.safetensors", "runs/engine/data/x.safetensors"]
     for f in files:
         (tmp_path / "repo" / f).parent.mkdir(parents=True, exist_ok=True)
         (tmp_path / "repo" / f).write_text("x")
     _zip_files(str(tmp_path / "repo"), env["excludes"], str(tmp_path / "pkg.zip"), include_gitignore=True)
     names = set(zipfile.ZipFile(tmp_path / "pkg.zip").namelist())
-    assert {"engine/cli.py", "wsisam/__init__.py", "deploy/runtime_env.yaml", "pyproject.toml"} <= names
+    assert {"engine/cli.py", "wsisam/__init__.py", "deploy/runtime_env.yaml", "pyproject.toml",
+            "engine/data/demo_model.safetensors"} <= names  # the default model of `segment` goes along
     assert not [n for n in names if n.split("/")[0] in {".venv", "outputs", "out", "runs", ".git", "slides"}
-                or "__pycache__" in n or n.endswith((".safetensors", ".pt", ".pth"))]
+                or "__pycache__" in n or n.endswith((".safetensors", ".pt", ".pth"))
+                and n != "engine/data/demo_model.safetensors"]
+
+
+def test_packaged_checkout_carries_the_demo_model(tmp_path):
+    """Ray's own packaging of this checkout with deploy/runtime_env.yaml: the bundled demo model (the
+    default model of `segment`) is in the package a `ray job submit --working-dir .` uploads."""
+    from ray._private.runtime_env.packaging import _zip_files
+
+    env = yaml.safe_load((DEPLOY / "runtime_env.yaml").read_text())
+    _zip_files(str(ROOT), env["excludes"], str(tmp_path / "pkg.zip"), include_gitignore=True)
+    names = zipfile.ZipFile(tmp_path / "pkg.zip").namelist()
+    assert "engine/data/demo_model.safetensors" in names and "engine/cli.py" in names
+    assert not [n for n in names if n.startswith((".venv/", ".git/"))]
 
 
 # ---------------------------------------------------------------- Dockerfile

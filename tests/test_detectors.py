@@ -232,6 +232,8 @@ def test_plugin_discovered_through_entry_points(tmp_path, monkeypatch):
     monkeypatch.syspath_prepend(str(tmp_path))
     assert {"centre-box", "broken"} <= set(available_detectors())
     det = get_detector("centre-box", half_size_l0_px=5)
+    with pytest.raises(ValueError, match="detector 'centre-box' has no option 'half'; its options: half_size_l0_px"):
+        get_detector("centre-box", half=5)
     slide = ArraySlide(np.zeros((40, 60, 3), np.uint8), 1.0, "p")
     assert det.detect(slide) == [Prompt("p", 0, box_l0_px=(25.0, 15.0, 35.0, 25.0))]
     with pytest.raises(ValueError, match="'broken'.*no detect"):

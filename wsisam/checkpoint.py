@@ -18,6 +18,7 @@ import hashlib
 import json
 import os
 import tempfile
+import zipfile
 from pathlib import Path
 
 import torch
@@ -36,11 +37,12 @@ class CheckpointError(ValueError):
     """A checkpoint that cannot be used: unreadable, or its keys or shapes do not fit the model."""
 
 
-def _describe_mismatch(path: Path, missing: list[str], unexpected: list[str], shapes: list[str]) -> str:
+def _describe_mismatch(path: Path, missing: list[str], unexpected: list[str], shapes: list[str],
+                       model: str = "the model") -> str:
     def head(keys: list[str]) -> str:
         return ", ".join(keys[:8]) + (f" ... ({len(keys)} in all)" if len(keys) > 8 else "")
 
-    parts = [f"checkpoint {path} does not fit the model"]
+    parts = [f"checkpoint {path} does not fit {model}"]
     if missing:
         parts.append(f"missing keys: {head(missing)}")
     if unexpected:
@@ -50,24 +52,35 @@ def _describe_mismatch(path: Path, missing: list[str], unexpected: list[str], sh
     return "; ".join(parts)
 
 
+Shapes = dict[str, tuple[int, ...]]
+
+
+def _shapes(state: dict[str, torch.Tensor]) -> Shapes:
+    return {k: tuple(v.shape) for k, v in state.items()}
+
+
+def _check_fit(path: Path, own: Shapes, got: Shapes, required: set[str], model: str = "the model") -> None:
+    """Every key in ``required`` present, every key known to the model, every shape equal."""
+    missing = sorted(required - set(got))
+    unexpected = sorted(set(got) - set(own))
+    shapes = [f"{k} {got[k]} vs model {own[k]}" for k in got if k in own and own[k] != got[k]]
+    if missing or unexpected or shapes:
+        raise CheckpointError(_describe_mismatch(path, missing, unexpected, shapes, model))
+
+
 def _load_strict(module: torch.nn.Module, state: dict[str, torch.Tensor], path: Path, required: set[str]) -> None:
     """Load ``state`` into ``module``; every key in ``required`` must be present and every key known."""
-    own = module.state_dict()
-    missing = sorted(required - set(state))
-    unexpected = sorted(set(state) - set(own))
-    shapes = [f"{k} {tuple(v.shape)} vs model {tuple(own[k].shape)}"
-              for k, v in state.items() if k in own and own[k].shape != v.shape]
-    if missing or unexpected or shapes:
-        raise CheckpointError(_describe_mismatch(path, missing, unexpected, shapes))
+    _check_fit(path, _shapes(module.state_dict()), _shapes(state), required)
     module.load_state_dict(state, strict=False)
 
 
-def _torch_load(path: str | os.PathLike) -> dict:
+def _torch_load(path: str | os.PathLike, mmap: bool = False) -> dict:
+    """A weights-only torch file; ``mmap``: tensors stay on disk until read (zip-format files only)."""
     path = Path(path)
     if not path.is_file():
         raise CheckpointError(f"checkpoint {path} not found")
     try:
-        obj = torch.load(path, map_location="cpu", weights_only=True)
+        obj = torch.load(path, map_location="cpu", weights_only=True, mmap=mmap and zipfile.is_zipfile(path))
     except Exception as exc:  # unpickling errors, truncated files, code objects refused
         raise CheckpointError(f"checkpoint {path} cannot be read as a weights-only torch file: {exc}") from exc
     if not isinstance(obj, dict):
@@ -79,10 +92,8 @@ def _is_sam_key(key: str) -> bool:
     return not key.split(".", 1)[1].startswith(WSI_PARAM_PREFIXES)
 
 
-def load_sam_checkpoint(model: WsiSam, path: str | os.PathLike) -> WsiSam:
-    """Load SAM's or MobileSAM's weights into the frozen SAM parts of ``model`` (both decoders)."""
-    path = Path(path)
-    raw = _torch_load(path)
+def _sam_state(raw: dict) -> dict[str, torch.Tensor]:
+    """SAM's/MobileSAM's keys renamed to ours: SAM's decoder goes to both WSI decoders."""
     state: dict[str, torch.Tensor] = {}
     for key, value in raw.items():
         if key.startswith(_SKIPPED_SAM_KEYS) or key.endswith("attention_bias_idxs"):
@@ -93,6 +104,21 @@ def load_sam_checkpoint(model: WsiSam, path: str | os.PathLike) -> WsiSam:
             state[f"mask_decoder_lr.{rest}"] = value
         else:
             state[key] = value
+    return state
+
+
+def _decoder_state(raw: dict, path: Path) -> dict[str, torch.Tensor]:
+    """The state dict of a reference WSI-SAM decoder file (``{"model": state_dict}``)."""
+    if "model" not in raw or not isinstance(raw["model"], dict):
+        raise CheckpointError(f"checkpoint {path} is not a WSI-SAM decoder file: no 'model' state dict "
+                              f"(top-level keys: {sorted(raw)[:8]})")
+    return {k.removeprefix("module."): v for k, v in raw["model"].items()}
+
+
+def load_sam_checkpoint(model: WsiSam, path: str | os.PathLike) -> WsiSam:
+    """Load SAM's or MobileSAM's weights into the frozen SAM parts of ``model`` (both decoders)."""
+    path = Path(path)
+    state = _sam_state(_torch_load(path))
     required = {k for k in model.state_dict() if _is_sam_key(k)}
     _load_strict(model, state, path, required)
     return model
@@ -101,11 +127,7 @@ def load_sam_checkpoint(model: WsiSam, path: str | os.PathLike) -> WsiSam:
 def load_reference_decoder(decoder: WsiMaskDecoder, path: str | os.PathLike) -> WsiMaskDecoder:
     """Load one reference WSI-SAM decoder file (``{"model": state_dict}``) into ``decoder``."""
     path = Path(path)
-    raw = _torch_load(path)
-    if "model" not in raw or not isinstance(raw["model"], dict):
-        raise CheckpointError(f"checkpoint {path} is not a WSI-SAM decoder file: no 'model' state dict "
-                              f"(top-level keys: {sorted(raw)[:8]})")
-    state = {k.removeprefix("module."): v for k, v in raw["model"].items()}
+    state = _decoder_state(_torch_load(path), path)
     _load_strict(decoder, state, path, set(decoder.state_dict()))
     return decoder
 
@@ -136,7 +158,7 @@ def read_config(path: str | os.PathLike) -> WsiSamConfig:
         with safe_open(str(path), framework="pt") as f:
             meta = f.metadata() or {}
     except Exception as exc:
-        raise CheckpointError(f"checkpoint {path} is not a safetensors file: {exc}") from exc
+        raise CheckpointError(f"checkpoint {path} is not a readable safetensors file: {exc}") from exc
     if meta.get("format") != FORMAT_NAME or "config" not in meta:
         raise CheckpointError(f"checkpoint {path} is a safetensors file but not a {FORMAT_NAME} model "
                               "(no configuration in its metadata)")

@@ -57,7 +57,8 @@ def run(opts: BenchOptions) -> SuiteResult:
                 load0 = os.getloadavg()[0]
                 with Timer() as t:
                     res = api.segment_slides([cached.path], prompts={cached.slide_id: prompts}, output_dir=out,
-                                             model=ModelSpec(backbone=opts.backbone), schedule=schedule,
+                                             model=ModelSpec(backbone=opts.backbone, random_weights=True),
+                                             schedule=schedule,
                                              execution=ExecutionConfig(actors=n, windows_per_batch=1, progress=False),
                                              num_cpus=cpus)
                 m = read_manifest(out)

@@ -17,12 +17,14 @@ def add_parser(sub, name: str) -> None:
     src.add_argument("--detector", help="detector name: tissue, mask-to-boxes, grid-points or a plugin")
     p.add_argument("--detector-options", default="{}", help="JSON object of detector keyword arguments")
     p.add_argument("--output", required=True, type=Path, help="output folder (one sub-folder per slide)")
-    m = p.add_argument_group("model (default: the bundled demo model)")
-    m.add_argument("--checkpoint", help="our .safetensors model file")
-    m.add_argument("--backbone", help="vit_tiny, vit_b, vit_l, vit_h (with --sam-checkpoint etc.)")
-    m.add_argument("--sam-checkpoint", help="SAM's sam_vit_*.pth or MobileSAM's mobile_sam.pt")
+    m = p.add_argument_group("model (none of these: the bundled demo model, trained on synthetic slides only)")
+    m.add_argument("--checkpoint", help="our .safetensors model file (it carries its configuration)")
+    m.add_argument("--sam-checkpoint", help="SAM's sam_vit_*.pth or MobileSAM's mobile_sam.pt (with --hr-decoder "
+                                            "and --lr-decoder, or --mode sam)")
     m.add_argument("--hr-decoder", help="reference WSI-SAM HR decoder file")
     m.add_argument("--lr-decoder", help="reference WSI-SAM LR decoder file")
+    m.add_argument("--backbone", help="vit_tiny, vit_b, vit_l, vit_h: checked against --sam-checkpoint "
+                                      "(default: inferred from it)")
     m.add_argument("--mode", choices=["wsi", "sam"], default="wsi", help="sam: SAM's own decoder (baseline)")
     m.add_argument("--bf16", action="store_true", help="bf16 autocast on GPUs")
     r = p.add_argument_group("resolution and outputs")
@@ -40,38 +42,65 @@ def add_parser(sub, name: str) -> None:
     x.add_argument("--windows-per-batch", type=int, default=4)
     x.add_argument("--num-cpus", type=int, default=None, help="CPUs of an embedded Ray")
     x.add_argument("--num-gpus", type=int, default=None, help="GPUs of an embedded Ray")
+    x.add_argument("--allow-cpu", action="store_true",
+                   help="run on the CPU, with a warning, where Ray gives an actor a GPU torch cannot see "
+                        "(default: fail)")
     x.add_argument("--no-progress", action="store_true")
     p.set_defaults(run=run)
 
 
 def model_spec_from_args(args: argparse.Namespace):
+    """The model options as a (not yet validated) ModelSpec; none of them: the demo model."""
     from ..distributed.model_spec import ModelSpec
 
-    if args.checkpoint is None and args.backbone is None:
-        spec = ModelSpec.demo()
-        return ModelSpec(checkpoint=spec.checkpoint, mode=args.mode, amp="bf16" if args.bf16 else None)
+    common = dict(mode=args.mode, amp="bf16" if args.bf16 else None, allow_cpu=args.allow_cpu)
+    files = (args.checkpoint, args.backbone, args.sam_checkpoint, args.hr_decoder, args.lr_decoder)
+    if all(f is None for f in files):
+        return ModelSpec.demo(**common)
     return ModelSpec(checkpoint=args.checkpoint, backbone=args.backbone, sam_checkpoint=args.sam_checkpoint,
-                     hr_decoder_checkpoint=args.hr_decoder, lr_decoder_checkpoint=args.lr_decoder,
-                     mode=args.mode, amp="bf16" if args.bf16 else None)
+                     hr_decoder_checkpoint=args.hr_decoder, lr_decoder_checkpoint=args.lr_decoder, **common)
+
+
+def detector_options(args: argparse.Namespace) -> dict:
+    """``--detector-options`` as a dict (its keys are checked against the detector by get_detector)."""
+    try:
+        options = json.loads(args.detector_options)
+    except json.JSONDecodeError as exc:
+        raise ValueError(f"--detector-options {args.detector_options!r} is not valid JSON: {exc}") from None
+    if not isinstance(options, dict):
+        raise ValueError(f"--detector-options must be a JSON object such as '{{\"min_area_um2\": 1000}}', "
+                         f"got {args.detector_options!r}")
+    if options and args.detector is None:
+        raise ValueError("--detector-options needs --detector (prompts come from --prompts)")
+    return options
 
 
 def run(args: argparse.Namespace) -> int:
     from ..api import segment_slides
+    from ..distributed.errors import original_error
     from ..distributed.executor import ExecutionConfig
     from ..pipeline import OutputConfig
     from ..scheduler import ScheduleConfig
     from .summary import print_summary
 
-    spec = model_spec_from_args(args)
-    results = segment_slides(
-        args.slides, prompts=args.prompts, detector=args.detector,
-        detector_options=json.loads(args.detector_options), output_dir=args.output, model=spec,
-        schedule=ScheduleConfig(patch_px=spec.patch_px(), hr_mpp=args.hr_mpp, lr_mpp=args.lr_mpp,
-                                context_px=args.context_px),
-        output=OutputConfig(ngff_version=args.ngff, min_area_um2=args.min_area_um2),
-        execution=ExecutionConfig(actors=args.actors, gpus_per_actor=args.gpus_per_actor,
-                                  cpus_per_actor=args.cpus_per_actor, windows_per_batch=args.windows_per_batch,
-                                  progress=not args.no_progress),
-        address=args.address, slide_mpp=args.slide_mpp, num_cpus=args.num_cpus, num_gpus=args.num_gpus)
+    options = detector_options(args)
+    spec = model_spec_from_args(args).validate()
+    print(f"wsisam-engine segment: model: {spec.describe()}", flush=True)
+    try:
+        results = segment_slides(
+            args.slides, prompts=args.prompts, detector=args.detector,
+            detector_options=options, output_dir=args.output, model=spec,
+            schedule=ScheduleConfig(patch_px=spec.patch_px(), hr_mpp=args.hr_mpp, lr_mpp=args.lr_mpp,
+                                    context_px=args.context_px),
+            output=OutputConfig(ngff_version=args.ngff, min_area_um2=args.min_area_um2),
+            execution=ExecutionConfig(actors=args.actors, gpus_per_actor=args.gpus_per_actor,
+                                      cpus_per_actor=args.cpus_per_actor, windows_per_batch=args.windows_per_batch,
+                                      progress=not args.no_progress),
+            address=args.address, slide_mpp=args.slide_mpp, num_cpus=args.num_cpus, num_gpus=args.num_gpus)
+    except Exception as exc:  # a user error raised inside a Ray worker: report the worker's own message
+        cause = original_error(exc)
+        if cause is not exc and isinstance(cause, ValueError):
+            raise cause from exc
+        raise
     print_summary(results, args.output)
     return 0

@@ -12,6 +12,7 @@ over plugins of the same name.
 """
 from __future__ import annotations
 
+import inspect
 from importlib.metadata import EntryPoint, entry_points
 from typing import Any
 
@@ -37,11 +38,40 @@ def available_detectors() -> list[str]:
     return list(BUILTIN_DETECTORS) + sorted(n for n in _plugins() if n not in BUILTIN_DETECTORS)
 
 
+def check_options(name: str, factory: Any, kwargs: dict[str, Any]) -> None:
+    """Options a detector's constructor does not take, or required ones left out -> ``ValueError``
+    naming the option and the detector (factories taking ``**kwargs`` accept any name)."""
+    try:
+        sig = inspect.signature(factory)
+    except (TypeError, ValueError):  # no signature to check against
+        return
+    params = sig.parameters.values()
+    named = [p.name for p in params if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)]
+    if not any(p.kind == p.VAR_KEYWORD for p in params):
+        unknown = sorted(set(kwargs) - set(named))
+        if unknown:
+            raise ValueError(f"detector {name!r} has no option {', '.join(map(repr, unknown))}; "
+                             f"its options: {', '.join(named) or 'none'}")
+    try:
+        sig.bind(**kwargs)
+    except TypeError as exc:
+        raise ValueError(f"detector {name!r}: {exc} (its options: {', '.join(named)})") from None
+
+
+def _build(name: str, factory: Any, kwargs: dict[str, Any]) -> Any:
+    check_options(name, factory, kwargs)
+    try:
+        return factory(**kwargs)
+    except TypeError as exc:  # e.g. an option of the wrong type (null where a number is expected)
+        raise ValueError(f"detector {name!r}: bad option value: {exc}") from exc
+
+
 def get_detector(name: str, **kwargs: Any) -> Any:
-    """Build detector ``name`` with ``kwargs``. Unknown name -> ``ValueError`` listing the known
-    names; a plugin that fails to load or does not give a detector -> ``ValueError`` naming it."""
+    """Build detector ``name`` with ``kwargs``. Unknown name or option, or an option of the wrong
+    type -> ``ValueError`` naming it; a plugin that fails to load or does not give a detector ->
+    ``ValueError`` naming it."""
     if name in BUILTIN_DETECTORS:
-        return BUILTIN_DETECTORS[name](**kwargs)
+        return _build(name, BUILTIN_DETECTORS[name], kwargs)
     plugins = _plugins()
     if name not in plugins:
         raise ValueError(
@@ -53,7 +83,7 @@ def get_detector(name: str, **kwargs: Any) -> Any:
         factory = ep.load()
     except Exception as exc:
         raise ValueError(f"detector plugin {name!r} ({ep.value}) failed to load: {exc!r}") from exc
-    det = factory(**kwargs)
+    det = _build(name, factory, kwargs)
     if not callable(getattr(det, "detect", None)):
         raise ValueError(f"detector plugin {name!r} ({ep.value}) gave {type(det).__name__}, which has no detect()")
     return det

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import os
 import socket
+import sys
 import threading
 import time
 from dataclasses import dataclass
@@ -14,6 +15,7 @@ from ..records import ObjectMask, Prompt
 from ..scheduler import ScheduleConfig, Window
 from ..segmenters import WindowJob
 from ..slides import SlideInfo
+from .errors import DeviceError
 from .model_spec import ModelSpec
 
 
@@ -47,11 +49,14 @@ class ModelActor:
         import torch
 
         gpu_ids = tuple(str(g) for g in ray.get_gpu_ids())
-        device = "cuda" if gpu_ids and torch.cuda.is_available() else "cpu"
+        host, node_id = socket.gethostname(), ray.get_runtime_context().get_node_id()
+        where = f"on host {host} (Ray node {node_id}, pid {os.getpid()})"
+        device = actor_device(f"model actor {actor_index} {where}", gpu_ids, spec.allow_cpu)
+        name = f" ({torch.cuda.get_device_name()})" if device == "cuda" else ""
+        print(f"model actor {actor_index}: {device}{name} {where}", flush=True)
         torch.set_num_threads(max(1, torch_threads))
         self.segmenter = spec.segmenter(device)
-        self.identity = WorkerIdentity(actor_index, os.getpid(), socket.gethostname(),
-                                       ray.get_runtime_context().get_node_id(), gpu_ids, device)
+        self.identity = WorkerIdentity(actor_index, os.getpid(), host, node_id, gpu_ids, device)
         self._lock = threading.Lock()
         self.busy_s = 0.0
 
@@ -70,6 +75,27 @@ class ModelActor:
 
     def busy_seconds(self) -> float:
         return self.busy_s
+
+
+def actor_device(who: str, gpu_ids: tuple[str, ...], allow_cpu: bool) -> str:
+    """"cuda" when Ray gave this worker GPUs and torch sees CUDA, "cpu" when it gave none. GPUs that
+    torch cannot see raise :class:`DeviceError`, or with ``allow_cpu`` give "cpu" and a warning."""
+    import torch
+
+    if not gpu_ids:
+        return "cpu"
+    if torch.cuda.is_available():
+        return "cuda"
+    seen = (f"torch.cuda.is_available()=False, torch.cuda.device_count()={torch.cuda.device_count()}, "
+            f"torch.version.cuda={torch.version.cuda}, torch {torch.__version__}, "
+            f"CUDA_VISIBLE_DEVICES={os.environ.get('CUDA_VISIBLE_DEVICES')!r}")
+    if not allow_cpu:
+        raise DeviceError(f"{who}: Ray gave it GPU(s) {', '.join(gpu_ids)} but torch sees no CUDA device "
+                          f"({seen}). Check the NVIDIA driver on that node and that torch is a CUDA build, or pass "
+                          "--allow-cpu (ModelSpec(allow_cpu=True)) to run on its CPU")
+    print(f"warning: {who}: Ray gave it GPU(s) {', '.join(gpu_ids)} but torch sees no CUDA device ({seen}); "
+          "running on the CPU (--allow-cpu)", file=sys.stderr, flush=True)
+    return "cpu"
 
 
 class SlideWriterActor:

@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 import os
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Literal
 
@@ -16,12 +16,27 @@ from ..segmenters import WsiSamSegmenter
 DEMO_MODEL = Path(__file__).resolve().parents[1] / "data" / "demo_model.safetensors"
 
 
+# Field -> command-line option, for messages.
+_OPTIONS = {"checkpoint": "--checkpoint", "backbone": "--backbone", "sam_checkpoint": "--sam-checkpoint",
+            "hr_decoder_checkpoint": "--hr-decoder", "lr_decoder_checkpoint": "--lr-decoder"}
+
+
+def _name(field: str) -> str:
+    return f"{field} ({_OPTIONS[field]})"
+
+
 @dataclass(frozen=True)
 class ModelSpec:
-    """Either ``checkpoint`` (our format), or ``backbone`` with optional SAM/reference decoder files.
+    """Either ``checkpoint`` (our format, carrying its configuration), or SAM's/MobileSAM's
+    ``sam_checkpoint`` with the reference ``hr_decoder_checkpoint`` and ``lr_decoder_checkpoint``
+    (``backbone`` is inferred from the SAM file when not given). SAM weights alone suit
+    ``mode="sam"`` only. ``backbone`` alone, with ``random_weights=True``: random weights (benchmarks).
 
     ``mode``: "wsi" (WSI-SAM) or "sam" (SAM's own decoder path, the baseline).
     ``amp``: "bf16"/"fp16" autocast on GPU, None for fp32.
+    ``allow_cpu``: a model actor that Ray gave a GPU torch cannot see runs on the CPU with a warning
+    instead of failing.
+    :meth:`validate` opens the files and matches them to the configuration (on the driver).
     """
 
     checkpoint: str | None = None
@@ -32,23 +47,85 @@ class ModelSpec:
     mode: Literal["wsi", "sam"] = "wsi"
     amp: str | None = None
     compile: bool = False
+    random_weights: bool = False
+    allow_cpu: bool = False
 
     def __post_init__(self) -> None:
-        if (self.checkpoint is None) == (self.backbone is None):
-            raise ValueError("a model is a checkpoint (our .safetensors) or a backbone name, exactly one of them")
-        for name in ("checkpoint", "sam_checkpoint", "hr_decoder_checkpoint", "lr_decoder_checkpoint"):
-            path = getattr(self, name)
-            if path is not None and not os.path.isfile(path):
-                raise FileNotFoundError(f"model file {path} ({name}) not found")
         if self.mode not in ("wsi", "sam"):
             raise ValueError(f"mode must be 'wsi' or 'sam', got {self.mode!r}")
         if self.amp not in (None, "bf16", "fp16"):
             raise ValueError(f"amp must be bf16, fp16 or None, got {self.amp!r}")
+        self._check_combination()
+        for name in ("checkpoint", "sam_checkpoint", "hr_decoder_checkpoint", "lr_decoder_checkpoint"):
+            path = getattr(self, name)
+            if path is not None and not os.path.isfile(path):
+                raise FileNotFoundError(f"model file {path} ({_name(name)}) not found")
+
+    def _check_combination(self) -> None:
+        """Which model options go together (no file is opened here)."""
+        weights = [n for n in ("sam_checkpoint", "hr_decoder_checkpoint", "lr_decoder_checkpoint")
+                   if getattr(self, n) is not None]
+        if self.checkpoint is not None:
+            others = [_name(n) for n in ("backbone", *weights) if getattr(self, n) is not None]
+            if others or self.random_weights:
+                raise ValueError(f"checkpoint {self.checkpoint} ({_OPTIONS['checkpoint']}) carries its own "
+                                 f"configuration and weights: give it without {', '.join(others) or 'random_weights'}")
+            return
+        if self.random_weights:
+            if self.backbone is None or weights:
+                raise ValueError("random_weights needs a backbone name and no weights files")
+            return
+        hr, lr = self.hr_decoder_checkpoint, self.lr_decoder_checkpoint
+        if (hr is None) != (lr is None):
+            pair = ("hr_decoder_checkpoint", "lr_decoder_checkpoint")
+            given, missing = pair if hr is not None else pair[::-1]
+            raise ValueError(f"{_name(given)} {getattr(self, given)} needs {_name(missing)} as well: "
+                             "WSI-SAM's reference decoders come in pairs")
+        if self.sam_checkpoint is None:
+            if hr is not None:
+                raise ValueError(f"the reference decoders ({hr}, {lr}) need SAM's/MobileSAM's weights for the "
+                                 f"frozen image encoder and decoder: add {_name('sam_checkpoint')}")
+            if self.backbone is not None:
+                raise ValueError(f"backbone {self.backbone!r} ({_OPTIONS['backbone']}) without weights files would "
+                                 f"run a randomly initialised model: add {_name('sam_checkpoint')} (and the "
+                                 f"reference decoders), or give {_name('checkpoint')}")
+            raise ValueError(f"no model given: give {_name('checkpoint')}, or {_name('sam_checkpoint')} with "
+                             "the reference decoders")
+        if hr is None and self.mode == "wsi":
+            raise ValueError(f"SAM's weights {self.sam_checkpoint} alone leave WSI-SAM's own decoder parts random: "
+                             f"add {_name('hr_decoder_checkpoint')} and {_name('lr_decoder_checkpoint')}, or use "
+                             "mode 'sam' (--mode sam) for SAM's own decoder")
 
     @staticmethod
-    def demo() -> "ModelSpec":
+    def demo(**fields) -> "ModelSpec":
         """The bundled demo model (trained on synthetic slides; not for tissue)."""
-        return ModelSpec(checkpoint=str(DEMO_MODEL))
+        return ModelSpec(checkpoint=str(DEMO_MODEL), **fields)
+
+    @property
+    def is_demo(self) -> bool:
+        return self.checkpoint is not None and Path(self.checkpoint).resolve() == DEMO_MODEL
+
+    def validate(self) -> "ModelSpec":
+        """Open every model file and match its keys and shapes to the configuration (headers and
+        memory maps only: nothing is built or loaded). Returns the spec with ``backbone`` filled in
+        from the SAM file when it was not given. Raises ``CheckpointError`` (a ValueError)."""
+        backbone = wsisam.check_model_files(
+            self.backbone, checkpoint=self.checkpoint, sam_checkpoint=self.sam_checkpoint,
+            hr_decoder_checkpoint=self.hr_decoder_checkpoint, lr_decoder_checkpoint=self.lr_decoder_checkpoint)
+        return self if self.checkpoint is not None or backbone == self.backbone else replace(self, backbone=backbone)
+
+    def describe(self) -> str:
+        """One line naming the model a run uses."""
+        if self.is_demo:
+            return f"the bundled demo model (trained on synthetic slides only, not for tissue): {self.checkpoint}"
+        if self.checkpoint is not None:
+            return f"{self.checkpoint} ({wsisam.checkpoint.read_config(self.checkpoint).name})"
+        if self.random_weights:
+            return f"{self.backbone} with RANDOM weights (benchmarks only)"
+        text = f"{self.backbone or 'backbone from the SAM file'}, SAM weights {self.sam_checkpoint}"
+        if self.hr_decoder_checkpoint is not None:
+            text += f", reference decoders {self.hr_decoder_checkpoint} (HR) and {self.lr_decoder_checkpoint} (LR)"
+        return text
 
     def build(self) -> wsisam.WsiSam:
         return wsisam.build_wsisam(
@@ -68,4 +145,4 @@ class ModelSpec:
     def patch_px(self) -> int:
         if self.checkpoint is not None:
             return wsisam.checkpoint.read_config(self.checkpoint).img_size
-        return wsisam.get_config(self.backbone).img_size
+        return wsisam.get_config(self.backbone or wsisam.infer_backbone(self.sam_checkpoint)).img_size
