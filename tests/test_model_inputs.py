@@ -3,6 +3,7 @@ demo model named, and model actors that refuse a GPU torch cannot see (issue 9, 
 from __future__ import annotations
 
 import os
+import shutil
 import socket
 import subprocess
 import sys
@@ -158,6 +159,7 @@ def local_ray():
     finally:
         ray.cloudpickle.unregister_pickle_by_value(this_module)
         ray.shutdown()
+        shutil.rmtree(tmp, ignore_errors=True)
 
 
 class _RefusesToStart:
@@ -211,10 +213,14 @@ def test_actor_given_a_gpu_torch_cannot_see_fails_with_exit_2(files, tmp_path):
     GPU 0 but torch sees no CUDA, so the run stops with the actor's own message."""
     if torch.cuda.is_available():
         pytest.skip("this machine has CUDA: the actor would use it")
-    env = dict(os.environ, RAY_AUTH_MODE="disabled", RAY_TMPDIR=tempfile.mkdtemp(prefix="rg", dir="/tmp"))
+    ray_tmp = tempfile.mkdtemp(prefix="rg", dir="/tmp")  # short: Ray's socket paths have a length limit
+    env = dict(os.environ, RAY_AUTH_MODE="disabled", RAY_TMPDIR=ray_tmp)
     cmd = [sys.executable, "-m", "engine.cli", "segment", files["slide"], "--prompts", files["prompts"], "--output",
            str(tmp_path / "out"), "--num-cpus", "2", "--num-gpus", "1", "--no-progress"]
-    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=280)
+    try:
+        proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=280)
+    finally:
+        shutil.rmtree(ray_tmp, ignore_errors=True)
     assert proc.returncode == 2, proc.stdout[-3000:] + proc.stderr[-3000:]
     err = [line for line in proc.stderr.splitlines() if line.startswith("wsisam-engine segment: error: ")]
     assert len(err) == 1, proc.stderr[-3000:]
