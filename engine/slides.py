@@ -64,6 +64,29 @@ def slide_id_from_path(path: str | Path) -> str:
     return Path(name).stem
 
 
+def check_slide_id(slide_id: str, path: str | Path) -> str:
+    """``slide_id`` if it can name the slide's output folder, else :class:`SlideError`.
+
+    Refused: empty, ``.``/``..``, a leading dot (hidden, and the engine's own temporary names
+    start with one), a path separator, or a control character. Spaces and non-ASCII are fine.
+    """
+    problem = None
+    if not slide_id or not slide_id.strip():
+        problem = "is empty"
+    elif slide_id in (".", ".."):
+        problem = f"is {slide_id!r}, which names a folder itself"
+    elif slide_id.startswith("."):
+        problem = "starts with a dot (a hidden name; the engine's temporary folders start with one)"
+    elif "/" in slide_id or "\\" in slide_id:
+        problem = "holds a path separator"
+    elif any(ord(ch) < 32 or ord(ch) == 127 for ch in slide_id):
+        problem = "holds a control character"
+    if problem:
+        raise SlideError(path, f"its slide id {slide_id!r} (the file name without extension) {problem}, "
+                               "so it cannot name an output folder; rename the file")
+    return slide_id
+
+
 def _reader_mpp(reader) -> np.ndarray | None:
     mpp = reader.info.mpp
     if mpp is None:
@@ -85,6 +108,7 @@ def open_slide(path: str | Path, mpp: float | None = None, slide_id: str | None 
     unreadable, or has no usable mpp.
     """
     path = Path(path)
+    slide_id = check_slide_id(slide_id_from_path(path) if slide_id is None else slide_id, path)
     if not path.exists():
         raise SlideError(path, "not found")
     if mpp is not None and not (isinstance(mpp, (int, float)) and math.isfinite(mpp) and mpp > 0):
@@ -106,8 +130,6 @@ def open_slide(path: str | Path, mpp: float | None = None, slide_id: str | None 
         )
     if abs(mpp_xy[0] - mpp_xy[1]) > 0.01 * max(mpp_xy):
         raise SlideError(path, f"has non-square pixels (mpp x={mpp_xy[0]}, y={mpp_xy[1]}); pass mpp= to override")
-    if slide_id is None:
-        slide_id = slide_id_from_path(path)
     return Slide(reader, path, slide_id, float(mpp_xy.mean()), dims)
 
 
