@@ -41,6 +41,10 @@ def main(argv: list[str] | None = None) -> int:
     except (ValueError, FileNotFoundError, PermissionError) as exc:
         print(f"wsisam-engine {args.command}: error: {exc}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:
+        print(f"wsisam-engine {args.command}: interrupted; unfinished slides' partial outputs were removed, "
+              "finished slides are kept (rerun to go on)", file=sys.stderr)
+        return 130
 
 
 if __name__ == "__main__":

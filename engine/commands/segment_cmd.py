@@ -41,6 +41,12 @@ def add_parser(sub, name: str) -> None:
     x.add_argument("--num-cpus", type=int, default=None, help="CPUs of an embedded Ray")
     x.add_argument("--num-gpus", type=int, default=None, help="GPUs of an embedded Ray")
     x.add_argument("--no-progress", action="store_true")
+    x.add_argument("--overwrite", action="store_true",
+                   help="redo finished slides that were made with other settings (default: refuse the run)")
+    x.add_argument("--fail-fast", action="store_true",
+                   help="abort the run at the first failed slide (default: the other slides finish)")
+    x.add_argument("--allow-cpu", action="store_true",
+                   help="let model actors that Ray gave a GPU run on the CPU when torch sees no CUDA (warns)")
     p.set_defaults(run=run)
 
 
@@ -55,13 +61,22 @@ def model_spec_from_args(args: argparse.Namespace):
                      mode=args.mode, amp="bf16" if args.bf16 else None)
 
 
+#: Exit codes: 0 every slide done or skipped; 2 refused before any work (bad input, locked or
+#: conflicting output folder, a model actor that cannot start); 3 some slides failed; 130 interrupted.
+EXIT_SLIDES_FAILED = 3
+
+
 def run(args: argparse.Namespace) -> int:
+    import signal
+
     from ..api import segment_slides
     from ..distributed.executor import ExecutionConfig
     from ..pipeline import OutputConfig
     from ..scheduler import ScheduleConfig
     from .summary import print_summary
 
+    # `ray job stop` and schedulers send SIGTERM: end like Ctrl-C (partials removed, manifest kept).
+    signal.signal(signal.SIGTERM, _interrupt)
     spec = model_spec_from_args(args)
     results = segment_slides(
         args.slides, prompts=args.prompts, detector=args.detector,
@@ -71,7 +86,12 @@ def run(args: argparse.Namespace) -> int:
         output=OutputConfig(ngff_version=args.ngff, min_area_um2=args.min_area_um2),
         execution=ExecutionConfig(actors=args.actors, gpus_per_actor=args.gpus_per_actor,
                                   cpus_per_actor=args.cpus_per_actor, windows_per_batch=args.windows_per_batch,
-                                  progress=not args.no_progress),
-        address=args.address, slide_mpp=args.slide_mpp, num_cpus=args.num_cpus, num_gpus=args.num_gpus)
+                                  progress=not args.no_progress, fail_fast=args.fail_fast, allow_cpu=args.allow_cpu),
+        address=args.address, slide_mpp=args.slide_mpp, num_cpus=args.num_cpus, num_gpus=args.num_gpus,
+        overwrite=args.overwrite)
     print_summary(results, args.output)
-    return 0
+    return EXIT_SLIDES_FAILED if any(r.status == "failed" for r in results) else 0
+
+
+def _interrupt(signum, frame):  # noqa: ARG001 - signal handler signature
+    raise KeyboardInterrupt

@@ -43,7 +43,7 @@ class ModelActor:
     """Holds one loaded model. Created with ``num_gpus`` when the cluster has GPUs (Ray then sets
     CUDA_VISIBLE_DEVICES to the GPU it pinned), CPUs otherwise."""
 
-    def __init__(self, spec: ModelSpec, actor_index: int, torch_threads: int) -> None:
+    def __init__(self, spec: ModelSpec, actor_index: int, torch_threads: int, allow_cpu: bool = False) -> None:
         import torch
 
         gpu_ids = tuple(str(g) for g in ray.get_gpu_ids())
@@ -59,6 +59,7 @@ class ModelActor:
         return self.identity
 
     def segment(self, jobs: list[WindowJob], batch_id: int) -> tuple[list[ObjectMask], BatchReport]:
+        _injected_fault(jobs)
         with self._lock:
             t0 = time.perf_counter()
             objects = self.segmenter.segment(jobs)
@@ -70,6 +71,17 @@ class ModelActor:
 
     def busy_seconds(self) -> float:
         return self.busy_s
+
+
+#: Fault injection for the engine's own fault tests: a model actor given a batch of this slide
+#: ends its process at once, as an out-of-memory kill would.
+FAULT_ENV = "WSISAM_ENGINE_TEST_KILL_WORKER_ON_SLIDE"
+
+
+def _injected_fault(jobs: list[WindowJob]) -> None:
+    target = os.environ.get(FAULT_ENV)
+    if target and jobs and jobs[0].window.slide_id == target:
+        os._exit(137)
 
 
 class SlideWriterActor:
