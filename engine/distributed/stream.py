@@ -67,6 +67,7 @@ class CohortStream:
         self.states: dict[str, _SlideState] = {}
         self.queue: deque[_Batch] = deque()
         self.in_flight: dict = {}  # report ref -> (batch, objects ref, actor index)
+        self.probes: dict = {}  # identify ref -> actor index: who an actor is after a restart
         self.load = [0] * len(actors)
         self.isolated = [False] * len(actors)  # running a batch that killed an actor before
         self.results: dict[str, SlideResult] = {}
@@ -83,9 +84,9 @@ class CohortStream:
                     self._open_next_slide()
                 self._dispatch()
                 if self.in_flight:
-                    done, _ = ray.wait(list(self.in_flight), num_returns=1)
+                    done, _ = ray.wait(list(self.in_flight) + list(self.probes), num_returns=1)
                     for ref in done:
-                        self._collect(ref)
+                        self._probe(ref) if ref in self.probes else self._collect(ref)
                 elif self.states and not self.queue:
                     for sid in [s for s, st in self.states.items() if st.batches_left == 0]:
                         self._finish_slide(sid)
@@ -158,6 +159,8 @@ class CohortStream:
             report: BatchReport = ray.get(ref)
         except _DEATHS as exc:
             batch.kills += 1
+            # Ask the restarted process who it is (before any batch reaches it), for the actor list.
+            self.probes[self.actors[k].identify.remote()] = k
             if batch.slide_id not in self.states:
                 return
             if batch.kills >= self.cfg.max_batch_kills:
@@ -187,6 +190,13 @@ class CohortStream:
         self.bars.objects.update(report.objects)
         if st.batches_left == 0:
             self._finish_slide(batch.slide_id)
+
+    def _probe(self, ref) -> None:
+        self.probes.pop(ref)
+        try:
+            self.manifest.note_worker(asdict(ray.get(ref)))
+        except Exception:  # noqa: BLE001 - it died again before answering: the next probe will tell
+            pass
 
     # -- ends of a slide ------------------------------------------------------------------------
 
