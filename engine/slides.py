@@ -13,10 +13,15 @@ Facts about tiatoolbox 2.1.3 this module relies on or works around:
 - Outside the slide ``read_rect`` pads with a constant (0 by default). A region that starts
   past the right/bottom edge comes back with the wrong size when no resampling is needed (e.g.
   64 x 4160 for a 64 x 64 request), so regions that miss the slide are not read at all here.
+- A truncated JPEG tile (or JPEG image) decodes without error to partly wrong pixels, so
+  :func:`open_slide` checks that the file holds every byte its structure points to (see
+  :func:`_check_complete`). Garbled bytes inside a JPEG tile may also decode silently (JPEG
+  has no checksum); zeroed JPEG tiles and damaged deflate tiles raise when read.
 """
 from __future__ import annotations
 
 import math
+import struct
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -82,13 +87,15 @@ def open_slide(path: str | Path, mpp: float | None = None, slide_id: str | None 
     ``mpp`` (level-0 µm per pixel) overrides the slide's metadata; it is required when the
     slide has none (plain images). ``slide_id`` defaults to the file stem (``a`` for
     ``a.ome.tif``). Raises :class:`SlideError` (naming the file) when the file is missing,
-    unreadable, or has no usable mpp.
+    unreadable, truncated (:func:`_check_complete`), or has no usable mpp.
     """
     path = Path(path)
     if not path.exists():
         raise SlideError(path, "not found")
+    if path.is_file() and path.stat().st_size == 0:
+        raise SlideError(path, "is an empty file (0 bytes)")
     if mpp is not None and not (isinstance(mpp, (int, float)) and math.isfinite(mpp) and mpp > 0):
-        raise SlideError(path, f"mpp must be a positive number of µm per pixel, got {mpp!r}")
+        raise SlideError(path, f"mpp (--slide-mpp) must be a positive number of level-0 µm per pixel, got {mpp!r}")
     from tiatoolbox.wsicore.wsireader import WSIReader  # slow import (about 3 s)
 
     try:
@@ -102,13 +109,126 @@ def open_slide(path: str | Path, mpp: float | None = None, slide_id: str | None 
     mpp_xy = _reader_mpp(reader)
     if mpp_xy is None:
         raise SlideError(
-            path, "has no pixel size (µm per pixel) in its metadata; pass mpp= (level-0 µm per pixel)"
+            path, "has no pixel size (µm per pixel) in its metadata; give its level-0 µm per pixel with mpp= "
+            "(--slide-mpp on the command line)"
         )
     if abs(mpp_xy[0] - mpp_xy[1]) > 0.01 * max(mpp_xy):
-        raise SlideError(path, f"has non-square pixels (mpp x={mpp_xy[0]}, y={mpp_xy[1]}); pass mpp= to override")
+        raise SlideError(path, f"has non-square pixels (mpp x={mpp_xy[0]}, y={mpp_xy[1]}); "
+                               "pass mpp= (--slide-mpp) to override")
     if slide_id is None:
         slide_id = slide_id_from_path(path)
-    return Slide(reader, path, slide_id, float(mpp_xy.mean()), dims)
+    slide = Slide(reader, path, slide_id, float(mpp_xy.mean()), dims)
+    try:
+        _check_complete(slide)
+    except BaseException:
+        slide.close()
+        raise
+    return slide
+
+
+# -- completeness checks at open (cheap: no pixel decoding for TIFF files) ----------------------
+
+_TIFF_MAGIC = (b"II*\0", b"MM\0*", b"II+\0", b"MM\0+")
+
+
+def _check_complete(slide: "Slide") -> None:
+    """Raise :class:`SlideError` if the file is truncated where its format lets us tell.
+
+    TIFF-based files (OME-TIFF, SVS, generic TIFF, whichever reader opened them): every TIFF
+    directory, tag value and tile/strip of every level of every series must lie inside the
+    file. JPEG images must end with the end-of-image marker. Other formats: the last pixel of
+    each pyramid level is read (one tile per level).
+    """
+    path = slide.path
+    with open(path, "rb") as f:
+        head = f.read(4)
+    if head in _TIFF_MAGIC:
+        import tifffile
+
+        tiff = getattr(slide.reader, "tiff", None)
+        own = tiff is None
+        try:
+            if own:
+                tiff = tifffile.TiffFile(path)
+            problem = _tiff_truncation(tiff)
+        finally:
+            if own and tiff is not None:
+                tiff.close()
+        if problem:
+            raise SlideError(path, problem)
+    elif head[:2] == b"\xff\xd8":  # JPEG
+        with open(path, "rb") as f:
+            f.seek(max(0, path.stat().st_size - 4096))
+            if b"\xff\xd9" not in f.read():
+                raise SlideError(path, "truncated JPEG: no end-of-image marker (FF D9) at the end of the file")
+    else:
+        _read_last_pixels(slide)
+
+
+def _tiff_truncation(tiff) -> str | None:
+    """What a truncated TIFF misses, or None: compares the end of every directory (IFD), tag
+    value and tile/strip of every series level, and every SubIFD offset, with the file size."""
+    size = int(tiff.filehandle.size)
+    short: dict[tuple[int, int, str], int] = {}  # (series, level, what) -> the byte it needs to reach
+
+    def need(i: int, k: int, what: str, end: int) -> None:
+        if end > size:
+            short[i, k, what] = max(end, short.get((i, k, what), 0))
+
+    for i, series in enumerate(tiff.series):
+        for k, level in enumerate(series.levels):
+            for page in level.pages:
+                if page is None:
+                    continue
+                offsets = np.asarray(page.dataoffsets, np.int64)
+                counts = np.asarray(page.databytecounts, np.int64)
+                need(i, k, "tile data", int((offsets + counts)[counts > 0].max(initial=0)))
+                if not tiff.is_ndpi:  # NDPI stores 64-bit offsets in 32-bit fields
+                    need(i, k, "TIFF tags", _ifd_end(tiff, int(page.offset), size))
+                if k == 0:  # lower levels as SubIFDs: tifffile drops those it cannot read
+                    for j, sub in enumerate(getattr(page, "subifds", None) or ()):
+                        need(i, j + 1, "TIFF tags", int(sub) + tiff.tiff.tagnosize)
+    if not short:
+        return None
+    names = [f"{'' if i == 0 else f'series {i} '}level {k} {what}" for i, k, what in sorted(short)]
+    missing = max(short.values()) - size
+    return (f"file is truncated (it ends at byte {size:,}, at least {missing:,} byte{'' if missing == 1 else 's'} "
+            f"missing); cut off: {', '.join(names)}")
+
+
+def _ifd_end(tiff, offset: int, size: int) -> int:
+    """Byte after the end of the TIFF directory at ``offset``, of its out-of-line tag values and
+    of the next directory's entry count (if it has a next directory)."""
+    import tifffile
+
+    fmt, fh = tiff.tiff, tiff.filehandle
+    if offset + fmt.tagnosize > size:
+        return offset + fmt.tagnosize
+    fh.seek(offset)
+    (n,) = struct.unpack(fmt.tagnoformat, fh.read(fmt.tagnosize))
+    end = offset + fmt.tagnosize + n * fmt.tagsize + fmt.offsetsize
+    if end > size:
+        return end
+    raw = fh.read(n * fmt.tagsize + fmt.offsetsize)
+    for j in range(n):
+        entry = raw[j * fmt.tagsize:(j + 1) * fmt.tagsize]
+        _, dtype = struct.unpack(fmt.tagformat1, entry[:4])
+        count, value = struct.unpack(fmt.tagformat2, entry[4:])
+        nbytes = count * struct.calcsize(fmt.byteorder + tifffile.TIFF.DATA_FORMATS.get(dtype, "1B"))
+        if nbytes > fmt.tagoffsetthreshold:
+            end = max(end, struct.unpack(fmt.offsetformat, value[:fmt.offsetsize])[0] + nbytes)
+    (nxt,) = struct.unpack(fmt.offsetformat, raw[-fmt.offsetsize:])
+    return max(end, nxt + fmt.tagnosize) if nxt else end
+
+
+def _read_last_pixels(slide: "Slide") -> None:
+    """Read the bottom-right pixel of each pyramid level (raises :class:`SlideError`)."""
+    for k, ((wk, hk), d) in enumerate(zip(slide.level_dimensions_px, slide.level_downsamples)):
+        x, y = int((wk - 1) * d), int((hk - 1) * d)
+        try:
+            slide.reader.read_rect(location=(x, y), size=(1, 1), resolution=k, units="level")
+        except Exception as e:  # noqa: BLE001
+            raise SlideError(slide.path, f"level {k} cannot be read at its last pixel (level-0 ({x}, {y})): {e}") from e
 
 
 class Slide:
