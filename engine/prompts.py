@@ -331,7 +331,9 @@ def _geojson_parts(path: Path, slide_column: str) -> tuple[list[_Part], bool]:
     elif isinstance(doc, dict) and doc.get("type") in geometry_types:
         features = [{"type": "Feature", "geometry": doc, "properties": {}}]
     else:
-        what = f"an object with type {doc.get('type')!r}" if isinstance(doc, dict) else type(doc).__name__
+        what = type(doc).__name__
+        if isinstance(doc, dict):
+            what = f"an object with type {doc['type']!r}" if "type" in doc else "an object without a 'type'"
         raise PromptFileError(
             path, f"not GeoJSON: expected a FeatureCollection, a Feature or a list of Features, got {what}"
         )
