@@ -145,14 +145,18 @@ def _check_complete(slide: "Slide") -> None:
     if head in _TIFF_MAGIC:
         import tifffile
 
-        tiff = getattr(slide.reader, "tiff", None)
+        tiff = getattr(slide.reader, "tiff", None)  # tiatoolbox's TIFF reader; OpenSlide has none
         own = tiff is None
-        try:
-            if own:
+        if own:
+            try:
                 tiff = tifffile.TiffFile(path)
+            except Exception:  # noqa: BLE001 - a TIFF variant only the slide's reader understands
+                _read_last_pixels(slide)
+                return
+        try:
             problem = _tiff_truncation(tiff)
         finally:
-            if own and tiff is not None:
+            if own:
                 tiff.close()
         if problem:
             raise SlideError(path, problem)

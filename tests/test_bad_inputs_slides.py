@@ -113,6 +113,7 @@ def two_slides_cohort_unknown(d: Path) -> list[str]:
 
 
 NAN = float("nan")
+LINE = {"type": "LineString", "coordinates": [[0, 0], [5, 5]]}
 CASES = [
     # slides
     ("slide-truncated-50pct", cut_slide(0.5), 2, ["cut.ome.tif", "truncated", "bytes missing"]),
@@ -150,8 +151,8 @@ CASES = [
      ["broken.geojson", "not valid JSON"]),
     ("prompt-json-not-geojson", prompt_file("config.json", json.dumps({"model": "vit_b"})), 2,
      ["config.json", "not GeoJSON", "without a 'type'"]),
-    ("prompt-linestring", prompt_file("line.geojson", features({"type": "LineString", "coordinates": [[0, 0], [5, 5]]})),
-     2, ["line.geojson", "feature 0", "unsupported geometry type 'LineString'"]),
+    ("prompt-linestring", prompt_file("line.geojson", features(LINE)), 2,
+     ["line.geojson", "feature 0", "unsupported geometry type 'LineString'"]),
     ("prompt-csv-missing-column", prompt_file("boxes.csv", "x0,y0,x1\n1,2,3\n"), 2,
      ["boxes.csv", "missing required columns", "y1"]),
     ("prompt-csv-text-in-number", prompt_file("boxes.csv", "x0,y0,x1,y1\n1,2,ten,40\n"), 2,
