@@ -54,10 +54,10 @@ def load_prompts(source: str | os.PathLike | Mapping[str, list[Prompt]], slides:
                 if not files:
                     raise FileNotFoundError(f"no prompt file for slide {s.slide_id!r} in {path}")
                 out.update(read_prompts(files[0], slide_id=s.slide_id))
-        elif len(slides) == 1:
-            out = read_prompts(path, slide_id=slides[0].slide_id)
+        elif len(slides) == 1:  # a one-slide file, or a cohort file naming only this slide
+            out = read_prompts(path, slide_id=slides[0].slide_id, known_slide_ids=ids)
         else:
-            out = read_prompts(path)
+            out = read_prompts(path, known_slide_ids=ids)
     check_slide_ids(out, ids, None if isinstance(source, Mapping) else Path(source))
     return out
 
