@@ -144,9 +144,10 @@ def test_ray_job_submit_on_two_logical_gpus(cohort, ray_head, embedded_run, tmp_
 
 
 def start_until_first_slide(cohort, out: Path) -> subprocess.Popen:
-    """Start a run with an embedded Ray; return once its first slide is published (mid-run)."""
+    """Start a run with an embedded Ray, in its own process group as a shell runs a foreground
+    job; return once its first slide is published (mid-run)."""
     env = dict(os.environ, RAY_AUTH_MODE="disabled")
-    proc = subprocess.Popen(segment_cli(cohort, out, "--num-cpus", "2"), env=env,
+    proc = subprocess.Popen(segment_cli(cohort, out, "--num-cpus", "2"), env=env, start_new_session=True,
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     deadline = time.time() + 200
     while not (out / "case_0" / "summary.json").exists():
@@ -258,7 +259,7 @@ def test_second_run_on_same_output_is_refused_and_ctrl_c_cleans_up(cohort, embed
         assert "in use by another run" in second.stderr and f"pid {proc.pid}" in second.stderr
         assert time.time() - t0 < 60  # refused before starting Ray
         ray_procs = [c for c in psutil.Process(proc.pid).children(recursive=True)]
-        proc.send_signal(signal.SIGINT)
+        os.killpg(proc.pid, signal.SIGINT)  # Ctrl-C in a terminal: the whole foreground process group
         log, _ = proc.communicate(timeout=60)
     finally:
         proc.kill()
