@@ -7,17 +7,20 @@ import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
 import numpy as np
+import psutil
 import pytest
 import shapely
 import zarr
 
 import engine
 import wsisam
-from conftest import make_model
+from conftest import listening, make_model, ray_processes
+from engine.distributed.cluster import LOCAL_ONLY_ENV, is_loopback
 from engine.distributed.executor import ExecutionConfig
 from engine.distributed.manifest import read_manifest
 from engine.scheduler import ScheduleConfig
@@ -106,22 +109,46 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+def stop_head(head: subprocess.Popen, temp_dir: Path) -> None:
+    """End this head only (`ray stop` would end every Ray on the machine): terminate its `ray start
+    --block` process, which stops its subprocesses; kill by pid whatever of it is left."""
+    procs = ray_processes(head.pid, temp_dir)
+    head.terminate()
+    try:
+        head.wait(60)
+    except subprocess.TimeoutExpired:
+        head.kill()
+    _, alive = psutil.wait_procs(procs + ray_processes(head.pid, temp_dir), timeout=30)
+    for p in alive:
+        p.kill()
+
+
 @pytest.fixture(scope="module")
 def ray_head(tmp_path_factory):
-    """`ray start --head --num-gpus 2`: logical GPUs on this CPU machine."""
+    """`ray start --head --num-gpus 2`: logical GPUs on this CPU machine, listening on loopback only."""
     ray_bin = Path(sys.executable).parent / "ray"
-    env = dict(os.environ, RAY_AUTH_MODE="disabled")
-    port, dash = free_port(), free_port()
-    tmp = Path("/tmp") / f"ray-head-{os.getpid()}"
-    start = [str(ray_bin), "start", "--head", f"--port={port}", "--num-cpus=2", "--num-gpus=2",
+    # Ray's local-only mode keeps --node-ip-address=127.0.0.1 (else Ray listens on the host's address)
+    env = dict(os.environ, RAY_AUTH_MODE="disabled", **{LOCAL_ONLY_ENV: "0"})
+    port, dash, agent, client = free_port(), free_port(), free_port(), free_port()
+    tmp = Path(tempfile.mkdtemp(prefix="rh", dir="/tmp"))  # short: Ray's socket paths live under it
+    start = [str(ray_bin), "start", "--head", "--block", f"--port={port}", "--num-cpus=2", "--num-gpus=2",
              "--include-dashboard=true", "--dashboard-host=127.0.0.1", f"--dashboard-port={dash}",
+             f"--dashboard-agent-listen-port={agent}", f"--ray-client-server-port={client}",
              "--node-ip-address=127.0.0.1", f"--temp-dir={tmp}", "--object-store-memory=300000000",
              "--disable-usage-stats"]
-    subprocess.run(start, check=True, env=env, capture_output=True, timeout=120)
+    log = tmp_path_factory.mktemp("ray_head") / "ray_start.log"
+    with open(log, "w") as f:
+        head = subprocess.Popen(start, env=env, stdout=f, stderr=subprocess.STDOUT)
     try:
+        deadline = time.monotonic() + 120
+        while not (tmp / "ray_current_cluster").exists():  # written once the head is up
+            assert head.poll() is None and time.monotonic() < deadline, log.read_text()[-3000:]
+            time.sleep(0.5)
+        exposed = sorted(x for x in listening(ray_processes(head.pid, tmp)) if not is_loopback(x[1]))
+        assert not exposed, f"the head listens off loopback: {exposed}"
         yield {"gcs": f"127.0.0.1:{port}", "dashboard": f"http://127.0.0.1:{dash}", "env": env}
     finally:
-        subprocess.run([str(ray_bin), "stop", "--force"], env=env, capture_output=True, timeout=120)
+        stop_head(head, tmp)
         shutil.rmtree(tmp, ignore_errors=True)
 
 
