@@ -1,7 +1,8 @@
 """The ``wsisam-engine`` command line: one subcommand per module in ``engine/commands/``.
 
 Each command module has ``add_parser(subparsers, name)``, which registers its arguments and sets
-``run(args) -> int`` as the parser default. Modules are imported when the parser is built.
+``run(args) -> int`` as the parser default. Modules are imported when the parser is built; they
+import torch, ray and tiatoolbox only inside ``run``, so ``--help`` and argument errors are fast.
 """
 from __future__ import annotations
 
@@ -24,13 +25,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="wsisam-engine", description="Slide-scale WSI-SAM segmentation.")
     sub = parser.add_subparsers(dest="command", required=True)
     for name, module_name in COMMANDS.items():
-        try:
-            module = importlib.import_module(f"engine.commands.{module_name}")
-        except ModuleNotFoundError as exc:
-            if exc.name != f"engine.commands.{module_name}":
-                raise
-            continue  # a command not built yet
-        module.add_parser(sub, name)
+        # Command modules import only argparse-level things at the top, so `--help` stays fast.
+        importlib.import_module(f"engine.commands.{module_name}").add_parser(sub, name)
     return parser
 
 
@@ -41,6 +37,10 @@ def main(argv: list[str] | None = None) -> int:
     except (ValueError, FileNotFoundError, PermissionError) as exc:
         print(f"wsisam-engine {args.command}: error: {exc}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:
+        print(f"wsisam-engine {args.command}: interrupted; unfinished slides' partial outputs were removed, "
+              "finished slides are kept (rerun to go on)", file=sys.stderr)
+        return 130
 
 
 if __name__ == "__main__":

@@ -15,8 +15,8 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 import os
-import shutil
 import time
 from collections.abc import Iterable, Iterator
 from dataclasses import asdict, dataclass, field
@@ -24,6 +24,7 @@ from pathlib import Path
 
 import geopandas as gpd
 
+from .output_folder import SUMMARY_NAME, inside, partial_dir, remove_tree, slide_dir
 from .records import ObjectMask, Prompt
 from .scheduler import ScheduleConfig, Window, schedule_stats, schedule_windows
 from .segmenters import WindowJob, WindowSegmenter
@@ -35,7 +36,6 @@ from .stitching.polygons import object_row, rows_to_geodataframe
 LABELS_NAME = "labels.ome.zarr"
 PARQUET_NAME = "objects.parquet"
 GEOJSON_NAME = "objects.geojson"
-SUMMARY_NAME = "summary.json"
 #: SlideWriter.timings keys: label image painting, polygons, then the three outputs at commit.
 WRITER_STAGES = ("stitch_labels", "vectorise", "write_pyramid", "write_parquet", "write_geojson")
 
@@ -47,6 +47,19 @@ class OutputConfig:
     min_area_um2: float = 10.0  # mask parts (pixels and polygons) smaller than this are dropped
     min_hole_um2: float = 10.0  # holes smaller than this are filled (a duct's lumen is much larger)
     geojson_object_type: str = "detection"
+
+    def __post_init__(self) -> None:
+        if self.ngff_version not in ("0.4", "0.5"):
+            raise ValueError(f"ngff_version (--ngff) must be '0.4' or '0.5', got {self.ngff_version!r}")
+        if self.label_mpp is not None and not (math.isfinite(self.label_mpp) and self.label_mpp > 0):
+            raise ValueError(f"label_mpp must be a positive number of µm per pixel, got {self.label_mpp!r}")
+        for name in ("min_area_um2", "min_hole_um2"):
+            v = getattr(self, name)
+            if not (math.isfinite(v) and v >= 0):
+                raise ValueError(f"{name} (--{name.replace('_', '-')}) must be a number >= 0, got {v!r}")
+        if self.geojson_object_type not in ("detection", "annotation", "cell"):
+            raise ValueError(f"geojson_object_type must be detection, annotation or cell, got "
+                             f"{self.geojson_object_type!r}")
 
 
 @dataclass
@@ -70,7 +83,8 @@ class SlideResult:
     windows: int = 0
     encoder_passes: int = 0
     prompts_dropped_outside: int = 0
-    status: str = "done"
+    status: str = "done"  # done | skipped | failed | interrupted | not run
+    error: str | None = None
     timings_s: dict[str, float] = field(default_factory=dict)
 
     @property
@@ -128,10 +142,10 @@ class SlideWriter:
     """Single writer of one slide's outputs, into a ``.partial`` folder published by :meth:`commit`."""
 
     def __init__(self, slide: Slide, output_dir: str | os.PathLike, label_mpp: float, cfg: OutputConfig) -> None:
-        self.final = Path(output_dir) / slide.slide_id
-        self.partial = Path(output_dir) / f".{slide.slide_id}.partial"
-        if self.partial.exists():
-            shutil.rmtree(self.partial)
+        self.output_dir = Path(output_dir)
+        self.final = slide_dir(output_dir, slide.slide_id)
+        self.partial = partial_dir(output_dir, slide.slide_id)
+        remove_tree(output_dir, self.partial.name)  # left by a run that died
         self.partial.mkdir(parents=True)
         self.slide_mpp = slide.mpp
         self.cfg = cfg
@@ -170,14 +184,19 @@ class SlideWriter:
         self.timings["write_parquet"] += t2 - t1
         self.timings["write_geojson"] += t3 - t2
         (self.partial / SUMMARY_NAME).write_text(json.dumps(summary, indent=2))
-        if self.final.exists():
-            shutil.rmtree(self.final)
+        old = None
+        if self.final.exists():  # a slide redone with --overwrite: the old outputs go only once the new are in
+            old = inside(self.output_dir, f".{self.final.name}.replaced")
+            remove_tree(self.output_dir, old.name)
+            os.replace(self.final, old)
         os.replace(self.partial, self.final)
+        if old is not None:
+            remove_tree(self.output_dir, old.name)
         return self.final
 
     def abort(self) -> None:
         self.labels.abort()
-        shutil.rmtree(self.partial, ignore_errors=True)
+        remove_tree(self.output_dir, self.partial.name)
 
 
 def batched(items: Iterable, n: int) -> Iterator[list]:
@@ -201,7 +220,7 @@ def segment_slide(slide: Slide, prompts: list[Prompt], segmenter: WindowSegmente
     plan = plan_slide(slide, prompts, schedule)
     t["plan"] = time.perf_counter() - t0
     writer = SlideWriter(slide, out, output.label_mpp or schedule.hr_mpp, output)
-    result = SlideResult(slide.slide_id, str(out / slide.slide_id), prompts=len(plan.prompts),
+    result = SlideResult(slide.slide_id, str(slide_dir(out, slide.slide_id)), prompts=len(plan.prompts),
                          windows=len(plan.windows), encoder_passes=schedule_stats(plan.windows).encoder_passes,
                          prompts_dropped_outside=plan.prompts_dropped_outside)
     t.update(read=0.0, segment=0.0, stitch=0.0)

@@ -65,8 +65,12 @@ Parquet (``.parquet``, ``.geoparquet``)
 Slides
     With ``slide_id``: every prompt belongs to that slide; if the file has a slide column,
     only rows for ``slide_id`` (or with an empty slide cell) are read, and none matching is an
-    error. Without ``slide_id`` the file must have the slide column, filled on every row;
-    :func:`check_slide_ids` then checks the ids against the cohort.
+    error. Without ``slide_id`` the file must have the slide column, filled on every row.
+    With ``known_slide_ids`` (the cohort), a row naming any other slide is an error, with or
+    without ``slide_id``; :func:`check_slide_ids` does the same check on a read mapping.
+
+Empty files (an empty FeatureCollection or list, a CSV with only its header, a Parquet table
+without rows) give no prompts: ``{slide_id: []}`` with ``slide_id``, ``{}`` without.
 
 Validation against a slide: :func:`validate_prompts` (see there).
 """
@@ -81,6 +85,8 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+
+import numpy as np
 
 from .records import Prompt
 
@@ -193,7 +199,7 @@ def _parse_float(v: Any, column: str, path: Path, where: str) -> float:
     except (TypeError, ValueError):
         raise PromptFileError(path, f"column {column!r} is not a number: {v!r}", where) from None
     if not math.isfinite(f):
-        raise PromptFileError(path, f"column {column!r} is {v!r}: coordinates must be finite numbers", where)
+        raise PromptFileError(path, f"column {column!r} is {v!r}: non-finite coordinate", where)
     return f
 
 
@@ -221,9 +227,16 @@ def _part_from_geometry(
     geom: Any, props: Mapping[str, Any], path: Path, where: str, slide_column: str
 ) -> _Part:
     """``geom``: a shapely geometry (already parsed)."""
+    import shapely
+
     if geom is None or geom.is_empty:
         raise PromptFileError(path, "feature has no (or an empty) geometry", where)
     gtype = geom.geom_type
+    xy = shapely.get_coordinates(geom)
+    finite = np.isfinite(xy).all(axis=1)
+    if not finite.all():  # shapely's bounds skip NaN: a NaN vertex would silently shrink the box
+        x, y = (float(v) for v in xy[~finite][0])
+        raise PromptFileError(path, f"non-finite coordinate ({x}, {y}) in {gtype}", where)
     if gtype not in _BOX_GEOMS + _POINT_GEOMS:
         raise PromptFileError(
             path,
@@ -247,9 +260,6 @@ def _part_from_geometry(
                 path, f"a {gtype} is a box prompt and cannot be negative (label 0 / class {class_name!r})", where
             )
         minx, miny, maxx, maxy = (float(b) for b in geom.bounds)
-        for v in (minx, miny, maxx, maxy):
-            if not math.isfinite(v):
-                raise PromptFileError(path, f"non-finite coordinate in {gtype}", where)
         if not (maxx > minx and maxy > miny):
             raise PromptFileError(
                 path, f"zero-area box ({minx}, {miny}, {maxx}, {maxy}) from a {gtype}: x1 <= x0 or y1 <= y0", where
@@ -257,12 +267,7 @@ def _part_from_geometry(
         part.box = (minx, miny, maxx, maxy)
         return part
     pts = [geom] if gtype == "Point" else list(geom.geoms)
-    coords = []
-    for p in pts:
-        x, y = float(p.x), float(p.y)
-        if not (math.isfinite(x) and math.isfinite(y)):
-            raise PromptFileError(path, f"non-finite point coordinate ({x}, {y})", where)
-        coords.append((x, y))
+    coords = [(float(p.x), float(p.y)) for p in pts]
     raw = props.get("point_labels")
     if isinstance(raw, str) and raw.strip().startswith("["):
         try:
@@ -285,6 +290,20 @@ def _part_from_geometry(
     part.points = coords
     part.labels = [int(v) for v in labels]
     return part
+
+
+def _check_geojson_coordinates(coords: Any, gtype: Any, path: Path, where: str) -> None:
+    """Every leaf of a GeoJSON ``coordinates`` array must be a finite number (checked before
+    shapely, which reports a NaN vertex as an unclosed ring or leaves it out of the bounds)."""
+    stack = [] if coords is None else [coords]  # no coordinates: shapely says what is wrong
+    while stack:
+        c = stack.pop()
+        if isinstance(c, list):
+            stack.extend(reversed(c))
+        elif isinstance(c, bool) or not isinstance(c, (int, float)):
+            raise PromptFileError(path, f"{gtype} coordinate {c!r} is not a number", where)
+        elif not math.isfinite(c):
+            raise PromptFileError(path, f"non-finite coordinate {c} in {gtype}", where)
 
 
 def _geojson_parts(path: Path, slide_column: str) -> tuple[list[_Part], bool]:
@@ -312,7 +331,9 @@ def _geojson_parts(path: Path, slide_column: str) -> tuple[list[_Part], bool]:
     elif isinstance(doc, dict) and doc.get("type") in geometry_types:
         features = [{"type": "Feature", "geometry": doc, "properties": {}}]
     else:
-        what = f"an object with type {doc.get('type')!r}" if isinstance(doc, dict) else type(doc).__name__
+        what = type(doc).__name__
+        if isinstance(doc, dict):
+            what = f"an object with type {doc['type']!r}" if "type" in doc else "an object without a 'type'"
         raise PromptFileError(
             path, f"not GeoJSON: expected a FeatureCollection, a Feature or a list of Features, got {what}"
         )
@@ -331,6 +352,8 @@ def _geojson_parts(path: Path, slide_column: str) -> tuple[list[_Part], bool]:
         g = feat.get("geometry")
         if g is None:
             raise PromptFileError(path, "feature has no geometry", where)
+        if isinstance(g, dict):
+            _check_geojson_coordinates(g.get("coordinates"), g.get("type"), path, where)
         try:
             geom = shape(g)
         except Exception as exc:  # shapely raises several types for malformed geometries
@@ -480,6 +503,7 @@ def _assemble(
     slide_column: str,
     units: str,
     slide_mpp: float | Mapping[str, float] | None,
+    known_slide_ids: Iterable[str] | None = None,
 ) -> dict[str, list[Prompt]]:
     if slide_id is None and not has_slide_column and parts:
         raise PromptFileError(
@@ -497,6 +521,8 @@ def _assemble(
             if p.slide_id is None:
                 raise PromptFileError(path, f"empty {slide_column!r} (and no slide_id given)", p.where)
             kept.append((p.slide_id, p))
+    if known_slide_ids is not None:
+        check_slide_ids(dict.fromkeys(sorted({s for s, _ in kept} | seen_other)), known_slide_ids, path)
     if slide_id is not None and parts and not kept:
         raise PromptFileError(
             path, f"no prompts for slide {slide_id!r}; the file's {slide_column!r} values are {sorted(seen_other)}"
@@ -553,6 +579,7 @@ def read_prompts(
     units: str = "px",
     slide_mpp: float | Mapping[str, float] | None = None,
     slide_column: str = "slide_id",
+    known_slide_ids: Iterable[str] | None = None,
 ) -> dict[str, list[Prompt]]:
     """Read a prompt file (GeoJSON, CSV or (Geo)Parquet, by extension) into level-0 px prompts.
 
@@ -563,6 +590,8 @@ def read_prompts(
         units: ``"px"`` (level-0 pixels) or ``"um"`` (micrometres, converted with ``slide_mpp``).
         slide_mpp: level-0 µm per pixel, one value or ``{slide_id: mpp}``; needed for ``"um"``.
         slide_column: name of the slide column/property.
+        known_slide_ids: the cohort's slide ids; if given, a row naming any other slide is an
+            error (:func:`check_slide_ids`), also when ``slide_id`` selects one slide's rows.
 
     Returns:
         ``{slide_id: [Prompt, ...]}`` with ``prompt_id`` 0..N-1 in file order per slide. With
@@ -589,7 +618,7 @@ def read_prompts(
     else:
         known = ", ".join(GEOJSON_SUFFIXES + CSV_SUFFIXES + PARQUET_SUFFIXES)
         raise PromptFileError(path, f"unknown prompt file type {suffix!r}; expected one of {known}")
-    return _assemble(parts, has_col, path, slide_id, slide_column, units, slide_mpp)
+    return _assemble(parts, has_col, path, slide_id, slide_column, units, slide_mpp, known_slide_ids)
 
 
 def check_slide_ids(

@@ -33,6 +33,13 @@ class ScheduleConfig:
     max_level: int = 8  # coarsest level: hr_mpp * 2**max_level
 
     def __post_init__(self) -> None:
+        for name in ("hr_mpp", "lr_mpp", "points_extent_um"):
+            v = getattr(self, name)
+            if not (isinstance(v, (int, float)) and math.isfinite(v) and v > 0):
+                raise ValueError(f"{name} (--{name.replace('_', '-')}) must be a positive number, got {v!r}")
+        if self.context_px < 0 or self.max_level < 0 or self.patch_px < 16:
+            raise ValueError(f"context_px ({self.context_px}), max_level ({self.max_level}) must be >= 0 and "
+                             f"patch_px ({self.patch_px}) >= 16")
         if self.lr_mpp < self.hr_mpp:
             raise ValueError(f"lr_mpp ({self.lr_mpp}) must be >= hr_mpp ({self.hr_mpp})")
         if 2 * self.context_px >= self.patch_px:

@@ -13,6 +13,10 @@ Facts about tiatoolbox 2.1.3 this module relies on or works around:
 - Outside the slide ``read_rect`` pads with a constant (0 by default). A region that starts
   past the right/bottom edge comes back with the wrong size when no resampling is needed (e.g.
   64 x 4160 for a 64 x 64 request), so regions that miss the slide are not read at all here.
+- A truncated JPEG tile (or JPEG image) decodes without error to partly wrong pixels, so
+  :func:`open_slide` checks that the file holds every byte its structure points to
+  (``engine.slide_integrity``). Garbled bytes inside a JPEG tile may also decode silently
+  (JPEG has no checksum); zeroed JPEG tiles and damaged deflate tiles raise when read.
 """
 from __future__ import annotations
 
@@ -23,6 +27,7 @@ from pathlib import Path
 import numpy as np
 
 from engine.geometry import PatchPair, concentric_pair, l0_per_px
+from engine.slide_integrity import check_complete
 
 #: Value of every channel of pixels outside the slide (black, unlike white glass).
 PAD_VALUE = 0
@@ -64,6 +69,29 @@ def slide_id_from_path(path: str | Path) -> str:
     return Path(name).stem
 
 
+def check_slide_id(slide_id: str, path: str | Path) -> str:
+    """``slide_id`` if it can name the slide's output folder, else :class:`SlideError`.
+
+    Refused: empty, ``.``/``..``, a leading dot (hidden, and the engine's own temporary names
+    start with one), a path separator, or a control character. Spaces and non-ASCII are fine.
+    """
+    problem = None
+    if not slide_id or not slide_id.strip():
+        problem = "is empty"
+    elif slide_id in (".", ".."):
+        problem = f"is {slide_id!r}, which names a folder itself"
+    elif slide_id.startswith("."):
+        problem = "starts with a dot (a hidden name; the engine's temporary folders start with one)"
+    elif "/" in slide_id or "\\" in slide_id:
+        problem = "holds a path separator"
+    elif any(ord(ch) < 32 or ord(ch) == 127 for ch in slide_id):
+        problem = "holds a control character"
+    if problem:
+        raise SlideError(path, f"its slide id {slide_id!r} (the file name without extension) {problem}, "
+                               "so it cannot name an output folder; rename the file")
+    return slide_id
+
+
 def _reader_mpp(reader) -> np.ndarray | None:
     mpp = reader.info.mpp
     if mpp is None:
@@ -82,13 +110,16 @@ def open_slide(path: str | Path, mpp: float | None = None, slide_id: str | None 
     ``mpp`` (level-0 µm per pixel) overrides the slide's metadata; it is required when the
     slide has none (plain images). ``slide_id`` defaults to the file stem (``a`` for
     ``a.ome.tif``). Raises :class:`SlideError` (naming the file) when the file is missing,
-    unreadable, or has no usable mpp.
+    unreadable, truncated (:func:`engine.slide_integrity.check_complete`), or has no usable mpp.
     """
     path = Path(path)
+    slide_id = check_slide_id(slide_id_from_path(path) if slide_id is None else slide_id, path)
     if not path.exists():
         raise SlideError(path, "not found")
+    if path.is_file() and path.stat().st_size == 0:
+        raise SlideError(path, "is an empty file (0 bytes)")
     if mpp is not None and not (isinstance(mpp, (int, float)) and math.isfinite(mpp) and mpp > 0):
-        raise SlideError(path, f"mpp must be a positive number of µm per pixel, got {mpp!r}")
+        raise SlideError(path, f"mpp (--slide-mpp) must be a positive number of level-0 µm per pixel, got {mpp!r}")
     from tiatoolbox.wsicore.wsireader import WSIReader  # slow import (about 3 s)
 
     try:
@@ -102,13 +133,18 @@ def open_slide(path: str | Path, mpp: float | None = None, slide_id: str | None 
     mpp_xy = _reader_mpp(reader)
     if mpp_xy is None:
         raise SlideError(
-            path, "has no pixel size (µm per pixel) in its metadata; pass mpp= (level-0 µm per pixel)"
+            path, "has no pixel size (µm per pixel) in its metadata; give its level-0 µm per pixel with mpp= "
+            "(--slide-mpp on the command line)"
         )
     if abs(mpp_xy[0] - mpp_xy[1]) > 0.01 * max(mpp_xy):
-        raise SlideError(path, f"has non-square pixels (mpp x={mpp_xy[0]}, y={mpp_xy[1]}); pass mpp= to override")
-    if slide_id is None:
-        slide_id = slide_id_from_path(path)
-    return Slide(reader, path, slide_id, float(mpp_xy.mean()), dims)
+        raise SlideError(path, f"has non-square pixels (mpp x={mpp_xy[0]}, y={mpp_xy[1]}); "
+                               "pass mpp= (--slide-mpp) to override")
+    slide = Slide(reader, path, slide_id, float(mpp_xy.mean()), dims)
+    problem = check_complete(slide)
+    if problem:
+        slide.close()
+        raise SlideError(path, problem)
+    return slide
 
 
 class Slide:

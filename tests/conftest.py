@@ -2,7 +2,10 @@ import os
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
+import socket
+
 import numpy as np
+import psutil
 import pytest
 import torch
 
@@ -40,3 +43,39 @@ def random_pair(rng, size: int, n: int = 1):
     hr = rng.integers(0, 256, (n, size, size, 3), dtype=np.uint8)
     lr = rng.integers(0, 256, (n, size, size, 3), dtype=np.uint8)
     return hr, lr
+
+
+def ray_processes(root_pid: int, temp_dir) -> list[psutil.Process]:
+    """``root_pid``, its descendants (for a Ray started there: GCS, raylet, agents, workers) and any
+    process whose command line names the Ray temp dir ``temp_dir`` (in case one was reparented)."""
+    procs = {}
+    try:
+        root = psutil.Process(root_pid)
+        procs = {p.pid: p for p in [root, *root.children(recursive=True)]}
+    except psutil.NoSuchProcess:
+        pass
+    for p in psutil.process_iter(["cmdline"]):
+        if p.pid != os.getpid() and any(str(temp_dir) in a for a in p.info["cmdline"] or []):
+            procs[p.pid] = p
+    return list(procs.values())
+
+
+def program(cmdline: list[str]) -> str:
+    """``raylet``, ``gcs_server``, ``ray::ModelActor``, ``monitor.py``, ``dashboard.py``..."""
+    scripts = [a for a in cmdline[1:3] if a.endswith(".py")] if "python" in cmdline[0] else []
+    return os.path.basename((scripts or cmdline)[0])
+
+
+def listening(procs: list[psutil.Process]) -> set[tuple[str, str, int]]:
+    """(program, ip, port) of each listening TCP socket and bound UDP socket of ``procs``."""
+    found = set()
+    for p in procs:
+        try:
+            name = program(p.cmdline() or [p.name()])
+            conns = p.net_connections(kind="inet")
+        except psutil.Error:  # exited meanwhile
+            continue
+        for c in conns:
+            if c.status == psutil.CONN_LISTEN or (c.type == socket.SOCK_DGRAM and c.laddr):
+                found.add((name, c.laddr.ip, c.laddr.port))
+    return found

@@ -7,17 +7,20 @@ import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
 import numpy as np
+import psutil
 import pytest
 import shapely
 import zarr
 
 import engine
 import wsisam
-from conftest import make_model
+from conftest import listening, make_model, ray_processes
+from engine.distributed.cluster import LOCAL_ONLY_ENV, is_loopback
 from engine.distributed.executor import ExecutionConfig
 from engine.distributed.manifest import read_manifest
 from engine.scheduler import ScheduleConfig
@@ -54,7 +57,7 @@ def segment_cli(cohort, out, *extra):
 def outputs(out: Path) -> dict:
     """What a user compares: each slide's label pixels and polygons."""
     got = {}
-    for d in sorted(p for p in out.iterdir() if p.is_dir()):
+    for d in sorted(p for p in out.iterdir() if p.is_dir() and not p.name.startswith(".")):
         labels = zarr.open_group(str(d / "labels.ome.zarr"), mode="r")["labels/objects/0"][:]
         import geopandas as gpd
 
@@ -106,34 +109,46 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+def stop_head(head: subprocess.Popen, temp_dir: Path) -> None:
+    """End this head only (`ray stop` would end every Ray on the machine): terminate its `ray start
+    --block` process, which stops its subprocesses; kill by pid whatever of it is left."""
+    procs = ray_processes(head.pid, temp_dir)
+    head.terminate()
+    try:
+        head.wait(60)
+    except subprocess.TimeoutExpired:
+        head.kill()
+    _, alive = psutil.wait_procs(procs + ray_processes(head.pid, temp_dir), timeout=30)
+    for p in alive:
+        p.kill()
+
+
 @pytest.fixture(scope="module")
 def ray_head(tmp_path_factory):
-    """`ray start --head --num-gpus 2`: logical GPUs on this CPU machine."""
+    """`ray start --head --num-gpus 2`: logical GPUs on this CPU machine, listening on loopback only."""
     ray_bin = Path(sys.executable).parent / "ray"
-    env = dict(os.environ, RAY_AUTH_MODE="disabled")
-    port, dash = free_port(), free_port()
-    tmp = Path("/tmp") / f"ray-head-{os.getpid()}"
-    start = [str(ray_bin), "start", "--head", f"--port={port}", "--num-cpus=2", "--num-gpus=2",
+    # Ray's local-only mode keeps --node-ip-address=127.0.0.1 (else Ray listens on the host's address)
+    env = dict(os.environ, RAY_AUTH_MODE="disabled", **{LOCAL_ONLY_ENV: "0"})
+    port, dash, agent, client = free_port(), free_port(), free_port(), free_port()
+    tmp = Path(tempfile.mkdtemp(prefix="rh", dir="/tmp"))  # short: Ray's socket paths live under it
+    start = [str(ray_bin), "start", "--head", "--block", f"--port={port}", "--num-cpus=2", "--num-gpus=2",
              "--include-dashboard=true", "--dashboard-host=127.0.0.1", f"--dashboard-port={dash}",
+             f"--dashboard-agent-listen-port={agent}", f"--ray-client-server-port={client}",
              "--node-ip-address=127.0.0.1", f"--temp-dir={tmp}", "--object-store-memory=300000000",
              "--disable-usage-stats"]
-    # --block: this head lives as long as its `ray start` process, which stops exactly the processes
-    # it started on SIGTERM (`ray stop` would stop every Ray on the machine, other users' too).
-    log_path = tmp_path_factory.mktemp("ray_head") / "start.log"
-    with open(log_path, "w") as log:
-        head = subprocess.Popen([*start, "--block"], env=env, stdout=log, stderr=subprocess.STDOUT)
+    log = tmp_path_factory.mktemp("ray_head") / "ray_start.log"
+    with open(log, "w") as f:
+        head = subprocess.Popen(start, env=env, stdout=f, stderr=subprocess.STDOUT)
     try:
-        deadline = time.time() + 120
-        while "will now block forever" not in log_path.read_text():
-            assert head.poll() is None and time.time() < deadline, log_path.read_text()[-3000:]
+        deadline = time.monotonic() + 120
+        while not (tmp / "ray_current_cluster").exists():  # written once the head is up
+            assert head.poll() is None and time.monotonic() < deadline, log.read_text()[-3000:]
             time.sleep(0.5)
+        exposed = sorted(x for x in listening(ray_processes(head.pid, tmp)) if not is_loopback(x[1]))
+        assert not exposed, f"the head listens off loopback: {exposed}"
         yield {"gcs": f"127.0.0.1:{port}", "dashboard": f"http://127.0.0.1:{dash}", "env": env}
     finally:
-        head.terminate()
-        try:
-            head.wait(timeout=60)
-        except subprocess.TimeoutExpired:
-            head.kill()
+        stop_head(head, tmp)
         shutil.rmtree(tmp, ignore_errors=True)
 
 
@@ -166,9 +181,10 @@ def test_ray_job_submit_on_two_logical_gpus(cohort, ray_head, embedded_run, tmp_
 
 
 def start_until_first_slide(cohort, out: Path) -> subprocess.Popen:
-    """Start a run with an embedded Ray; return once its first slide is published (mid-run)."""
+    """Start a run with an embedded Ray, in its own process group as a shell runs a foreground
+    job; return once its first slide is published (mid-run)."""
     env = dict(os.environ, RAY_AUTH_MODE="disabled")
-    proc = subprocess.Popen(segment_cli(cohort, out, "--num-cpus", "2"), env=env,
+    proc = subprocess.Popen(segment_cli(cohort, out, "--num-cpus", "2"), env=env, start_new_session=True,
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     deadline = time.time() + 200
     while not (out / "case_0" / "summary.json").exists():
@@ -217,3 +233,113 @@ def test_interrupted_driver_rerun_skips_finished_slides(cohort, embedded_run, tm
     assert (out / "case_0" / "summary.json").stat().st_mtime_ns == before  # untouched
     assert not any(p.name.endswith(".partial") for p in out.iterdir())
     assert_same_outputs(outputs(out), outputs(embedded_run[0]))
+
+
+# --- faults: a run is either right or loudly failed, and never destructive -------------------
+
+def _slide_dirs(out: Path) -> set[str]:
+    return {p.name for p in out.iterdir() if p.is_dir() and not p.name.startswith(".")}
+
+
+def _no_partials(out: Path) -> bool:
+    return not any(p.name.endswith((".partial", ".replaced")) for p in out.iterdir())
+
+
+def test_batch_that_kills_its_worker_fails_only_its_slide(cohort, embedded_run, tmp_path):
+    """Every batch of case_1 kills the model actor's process (as an out-of-memory kill would): after
+    3 deaths of the same batch the slide fails with that reason, its partial output is removed, the
+    other slides finish with the clean run's outputs, and the run exits 3 with a table of failures."""
+    from engine.distributed.actors import FAULT_ENV
+
+    out = tmp_path / "killer"
+    env = dict(os.environ, RAY_AUTH_MODE="disabled", **{FAULT_ENV: "case_1"})
+    proc = subprocess.run(segment_cli(cohort, out, "--num-cpus", "2"), env=env, capture_output=True, text=True,
+                          timeout=280)
+    log = proc.stdout + proc.stderr
+    assert proc.returncode == 3, log[-3000:]
+    assert "1 slide(s) FAILED" in proc.stdout and "case_1" in proc.stdout and "killed its model worker 3 times" in log
+    m = read_manifest(out)
+    assert m["status"] == "failed"
+    assert m["slides"]["case_1"]["status"] == "failed" and "killed its model worker 3 times" in m["slides"]["case_1"]["error"]
+    assert [m["slides"][s]["status"] for s in ("case_0", "case_2")] == ["done", "done"]
+    assert _slide_dirs(out) == {"case_0", "case_2"} and _no_partials(out)
+    clean = outputs(embedded_run[0])
+    got = outputs(out)
+    for k in ("case_0", "case_2"):
+        np.testing.assert_array_equal(got[k][0], clean[k][0])
+        assert shapely.equals_exact(got[k][1].geometry.values, clean[k][1].geometry.values, tolerance=0).all()
+    # The actor restarted after each death, and the manifest's actor list followed it.
+    assert m["actors"][0]["restarts"] >= 3 and len(m["actors"][0]["previous"]) == m["actors"][0]["restarts"]
+
+
+def _tree_hashes(root: Path) -> dict[str, str]:
+    import hashlib
+
+    return {str(p.relative_to(root)): hashlib.sha256(p.read_bytes()).hexdigest()
+            for p in sorted(root.rglob("*")) if p.is_file() and ".runs" not in p.parts
+            and p.name not in ("run_manifest.json", ".wsisam-engine.lock")}
+
+
+def test_second_run_on_same_output_is_refused_and_ctrl_c_cleans_up(cohort, embedded_run, tmp_path):
+    """While a run holds the output folder a second run fails at once naming the holder; Ctrl-C then
+    ends the first run: exit 130, no partial folder, manifest 'interrupted', finished slides kept,
+    and none of the run's Ray processes left behind."""
+    import psutil
+
+    out = tmp_path / "locked"
+    proc = start_until_first_slide(cohort, out)
+    try:
+        t0 = time.time()
+        second = subprocess.run(segment_cli(cohort, out, "--num-cpus", "2"), capture_output=True, text=True,
+                                timeout=120, env=dict(os.environ, RAY_AUTH_MODE="disabled"))
+        assert second.returncode == 2, second.stderr[-2000:]
+        assert "in use by another run" in second.stderr and f"pid {proc.pid}" in second.stderr
+        assert time.time() - t0 < 60  # refused before starting Ray
+        ray_procs = [c for c in psutil.Process(proc.pid).children(recursive=True)]
+        os.killpg(proc.pid, signal.SIGINT)  # Ctrl-C in a terminal: the whole foreground process group
+        log, _ = proc.communicate(timeout=60)
+    finally:
+        proc.kill()
+    assert proc.returncode == 130, log[-3000:]
+    assert "interrupted" in log
+    m = read_manifest(out)
+    assert m["status"] == "interrupted"
+    assert m["slides"]["case_0"]["status"] == "done"
+    assert {m["slides"][s]["status"] for s in ("case_1", "case_2")} <= {"interrupted", "done"}
+    assert _no_partials(out)
+    deadline = time.time() + 15
+    while time.time() < deadline and any(p.is_running() and p.status() != psutil.STATUS_ZOMBIE for p in ray_procs):
+        time.sleep(0.5)
+    left = [p.pid for p in ray_procs if p.is_running() and p.status() != psutil.STATUS_ZOMBIE]
+    assert not left, f"Ray processes left behind: {left}"
+    clean = outputs(embedded_run[0])
+    for k, (labels, gdf) in outputs(out).items():
+        np.testing.assert_array_equal(labels, clean[k][0])
+
+
+def test_rerun_with_another_mode_is_refused_then_overwrite_redoes_it(cohort, embedded_run, tmp_path):
+    """A `--mode sam` rerun over WSI-SAM outputs is refused (exit 2, naming each slide and the
+    setting) without touching a byte; `--overwrite` redoes them with the new mode."""
+    out = tmp_path / "rerun_mode"
+    shutil.copytree(embedded_run[0], out)
+    before = _tree_hashes(out)
+    env = dict(os.environ, RAY_AUTH_MODE="disabled")
+    proc = subprocess.run(segment_cli(cohort, out, "--num-cpus", "2", "--mode", "sam"), env=env,
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 2, proc.stderr[-3000:]
+    assert "case_0: model.mode" in proc.stderr and "--overwrite" in proc.stderr
+    assert _tree_hashes(out) == before
+    # The same settings again: everything skipped untouched, Ray not even started.
+    proc = subprocess.run(segment_cli(cohort, out, "--num-cpus", "2"), env=env, capture_output=True, text=True,
+                          timeout=120)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert _tree_hashes(out) == before
+    m = read_manifest(out)
+    assert {s["status"] for s in m["slides"].values()} == {"skipped"} and m["cluster"] == {}
+    assert len(list((out / ".runs").glob("*.json"))) == 2  # the first run's record is still there
+    proc = subprocess.run(segment_cli(cohort, out, "--num-cpus", "2", "--mode", "sam", "--overwrite"), env=env,
+                          capture_output=True, text=True, timeout=280)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    summary = json.loads((out / "case_0" / "summary.json").read_text())
+    assert summary["settings"]["model"]["mode"] == "sam" and summary["segmenter"] == "wsisam-sam"
+    assert _no_partials(out) and _slide_dirs(out) == {"case_0", "case_1", "case_2"}

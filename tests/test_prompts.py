@@ -296,3 +296,87 @@ def test_plain_parquet_table_follows_csv_columns(tmp_path):
     box, point = read_prompts(path, slide_id="s")["s"]
     assert box.box_l0_px == (1, 2, 3, 4) and box.points_l0_px == ()
     assert point.box_l0_px is None and point.points_l0_px == ((7, 8),) and point.point_labels == (1,)
+
+
+def test_cohort_file_with_one_slide_names_unknown_slide_ids(tmp_path):
+    """A cohort file given with ONE slide: ids the cohort does not have are an error (they were
+    silently skipped), naming the file and the ids; a file naming only that slide is fine."""
+    from engine.api import load_prompts
+    from engine.slides import SlideInfo
+
+    one = [SlideInfo("A", "/nowhere/A.svs", 1000, 1000, 0.5)]
+    path = tmp_path / "cohort.csv"
+    path.write_text("slide_id,x0,y0,x1,y1\nA,0,0,10,10\nZZZ,0,0,10,10\nA,5,5,9,9\nQ,1,1,2,2\n")
+    for call in (lambda: load_prompts(path, one), lambda: read_prompts(path, slide_id="A", known_slide_ids=["A"])):
+        with pytest.raises(PromptFileError, match=r"cohort\.csv: .*2 unknown slide id\(s\): \['Q', 'ZZZ'\]"):
+            call()
+    assert [p.box_l0_px for p in read_prompts(path, slide_id="A")["A"]] == [(0, 0, 10, 10), (5, 5, 9, 9)]
+    path.write_text("slide_id,x0,y0,x1,y1\nA,0,0,10,10\n,5,5,9,9\n")  # an empty cell means "this slide"
+    assert len(load_prompts(path, one)["A"]) == 2
+    geo = tmp_path / "cohort.geojson"
+    geo.write_text(json.dumps([feature(rect(0, 0, 5, 5), slide_id="A"), feature(rect(0, 0, 5, 5), slide_id="B")]))
+    with pytest.raises(PromptFileError, match=r"cohort\.geojson: .*unknown slide id\(s\): \['B'\]"):
+        load_prompts(geo, one)
+
+
+@pytest.mark.parametrize("geometry, where", [
+    ({"type": "Polygon", "coordinates": [[[0, 0], [math.nan, 0], [10, 10], [0, 10], [0, 0]]]}, "Polygon"),
+    ({"type": "Polygon", "coordinates": [[[math.nan, 0], [10, 0], [10, 10], [0, 10], [math.nan, 0]]]}, "Polygon"),
+    ({"type": "MultiPolygon", "coordinates": [[[[0, 0], [9, 0], [9, 9], [0, math.inf], [0, 0]]]]}, "MultiPolygon"),
+    ({"type": "Point", "coordinates": [math.inf, 3]}, "Point"),
+    ({"type": "MultiPoint", "coordinates": [[1, 2], [math.nan, 3]]}, "MultiPoint"),
+])
+def test_non_finite_coordinates_are_named(tmp_path, geometry, where):
+    """A NaN vertex used to read as 'LinearRing not closed' (first vertex) or, in the middle of
+    a ring, to shrink the box silently (shapely's bounds skip NaN)."""
+    path = tmp_path / "nan.geojson"
+    path.write_text(json.dumps([feature(rect(0, 0, 5, 5)), feature(geometry)]))  # json writes NaN/Infinity
+    with pytest.raises(PromptFileError, match=rf"nan\.geojson: feature 1: non-finite coordinate .* in {where}$"):
+        read_prompts(path, slide_id="s")
+
+
+def test_non_finite_and_non_numeric_coordinates_in_other_formats(tmp_path):
+    import geopandas as gpd
+    from shapely.geometry import Polygon
+
+    path = tmp_path / "nan.parquet"
+    gdf = gpd.GeoDataFrame({"slide_id": ["s", "s"]}, crs=None,
+                           geometry=[Polygon([(0, 0), (5, 0), (5, 5)]), Polygon([(0, 0), (math.nan, 0), (9, 9)])])
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)  # shapely warns about the NaN it is given
+        gdf.to_parquet(path)
+        with pytest.raises(PromptFileError, match=r"nan\.parquet: row 1: non-finite coordinate \(nan, 0.0\)"):
+            read_prompts(path)
+    csv_path = tmp_path / "inf.csv"
+    csv_path.write_text("x0,y0,x1,y1\n0,0,5,5\n0,0,inf,5\n")
+    with pytest.raises(PromptFileError, match=r"inf\.csv: line 3: column 'x1' is 'inf': non-finite coordinate"):
+        read_prompts(csv_path, slide_id="s")
+    text = tmp_path / "text.geojson"
+    text.write_text(json.dumps([feature({"type": "Point", "coordinates": ["12", 3]})]))
+    with pytest.raises(PromptFileError, match=r"text\.geojson: feature 0: Point coordinate '12' is not a number"):
+        read_prompts(text, slide_id="s")
+
+
+def test_empty_prompt_files_give_no_prompts(tmp_path):
+    """No features / rows: no prompts, no error (``{slide: []}`` for one slide, ``{}`` for a cohort)."""
+    import geopandas as gpd
+    import pandas as pd
+
+    from engine.api import load_prompts
+    from engine.slides import SlideInfo
+
+    files = {
+        "fc.geojson": json.dumps({"type": "FeatureCollection", "features": []}),
+        "list.geojson": "[]",
+        "header.csv": "slide_id,x0,y0,x1,y1\n",
+    }
+    for name, text in files.items():
+        (tmp_path / name).write_text(text)
+    pd.DataFrame({"x0": [], "y0": [], "x1": [], "y1": []}).to_parquet(tmp_path / "table.parquet")
+    gpd.GeoDataFrame({"slide_id": []}, geometry=[], crs=None).to_parquet(tmp_path / "geo.parquet")
+    infos = [SlideInfo(s, f"/nowhere/{s}.svs", 1000, 1000, 0.5) for s in ("A", "B")]
+    for name in [*files, "table.parquet", "geo.parquet"]:
+        assert read_prompts(tmp_path / name, slide_id="A") == {"A": []}, name
+        assert read_prompts(tmp_path / name) == {}, name
+        assert load_prompts(tmp_path / name, infos[:1]) == {"A": []}, name
+        assert load_prompts(tmp_path / name, infos) == {}, name

@@ -3,6 +3,8 @@ and the pure geometry it rests on."""
 from __future__ import annotations
 
 import pickle
+import re
+import struct
 
 import cv2
 import numpy as np
@@ -220,3 +222,103 @@ def test_thumbnail(slide, syn):
     c = syn.truth.geometry[big].representative_point()
     assert purple(th[int(c.y / 8), int(c.x / 8)][None, None])[0, 0]
     assert th[0, 0].min() > 240  # glass in the corner
+
+
+# -- damaged files -----------------------------------------------------------------------------
+
+
+def tile_span(path, level: int, index: int) -> tuple[int, int]:
+    """(offset, byte count) of one tile of one level of a tiled TIFF."""
+    with tifffile.TiffFile(path) as t:
+        page = t.series[0].levels[level].keyframe
+        return int(page.dataoffsets[index]), int(page.databytecounts[index])
+
+
+def missing_bytes(message: str) -> int:
+    return int(re.search(r"at least ([\d,]+) bytes? missing", message).group(1).replace(",", ""))
+
+
+@pytest.mark.parametrize("keep", [0.5, 0.99, -3])
+def test_truncated_tiff_is_refused_at_open(syn, tmp_path, keep):
+    """Cut at 50 %, 99 % (where the last level's JPEG tile used to decode to wrong pixels without
+    an error) and 3 bytes short (the OME-XML at the end): open names the file, what is cut off
+    and how many bytes are missing (exact here: the OME-XML is the last thing written)."""
+    data = syn.path.read_bytes()
+    n = len(data) + keep if keep < 0 else int(len(data) * keep)
+    p = tmp_path / "cut.ome.tif"
+    p.write_bytes(data[:n])
+    with pytest.raises(SlideError, match="truncated") as e:
+        open_slide(p)
+    msg = str(e.value)
+    assert str(p) in msg and missing_bytes(msg) == len(data) - n
+    if keep == 0.99:
+        assert f"level {len(syn.level_dimensions_px) - 1} tile data" in msg
+    if keep == -3:
+        assert "level 0 TIFF tags" in msg
+
+
+def test_tile_offset_past_the_end_is_refused_at_open(syn, tmp_path):
+    """A level-0 tile pointing past the end of the file, through tiatoolbox's TIFF reader
+    (OME-TIFF) and through OpenSlide (a generic tiled TIFF named .svs)."""
+    rng = np.random.default_rng(3)
+    img = rng.integers(0, 256, (1024, 1024, 3), dtype=np.uint8)
+    generic = tmp_path / "generic.svs"
+    with tifffile.TiffWriter(generic) as t:
+        for k in range(3):
+            t.write(img[:: 2**k, :: 2**k], tile=(256, 256), photometric="rgb", compression="jpeg",
+                    subfiletype=0 if k == 0 else 1, resolution=(2e4 / 2**k, 2e4 / 2**k), resolutionunit="CENTIMETER")
+    with open_slide(generic) as s:
+        assert type(s.reader).__name__ == "OpenSlideWSIReader" and s.level_count == 3 and s.mpp == 0.5
+    for src in (syn.path, generic):
+        data = bytearray(src.read_bytes())
+        with tifffile.TiffFile(src) as t:
+            tag = t.series[0].levels[0].keyframe.tags["TileOffsets"]
+            fmt = t.byteorder + "I"
+        offset, count = tile_span(src, 0, 3)
+        struct.pack_into(fmt, data, tag.valueoffset + 4 * 3, len(data) + 1000)
+        p = tmp_path / ("bad-" + src.name)
+        p.write_bytes(bytes(data))
+        with pytest.raises(SlideError, match="level 0 tile data") as e:
+            open_slide(p)
+        assert str(p) in str(e.value) and missing_bytes(str(e.value)) == 1000 + count
+
+
+@pytest.mark.parametrize("compression, damage", [("jpeg", "zeroed"), ("zlib", "zeroed"), ("zlib", "garbled")])
+def test_damaged_tile_raises_when_read_naming_the_region(tmp_path, compression, damage):
+    """Nothing is missing, so the slide opens; reading the damaged tile raises a SlideError that
+    names the file and the region, and the rest of the slide reads as before. (Garbled bytes in
+    a JPEG tile may decode to wrong pixels without an error: JPEG has no checksum.)"""
+    syn = make_synthetic_slide(tmp_path / "ok.ome.tif", 1024, 1024, n_objects=3, seed=2, tile_px=256,
+                               compression=compression)
+    offset, count = tile_span(syn.path, 0, 5)  # row 1, column 1: level-0 px [256, 512) x [256, 512)
+    data = bytearray(syn.path.read_bytes())
+    if damage == "zeroed":
+        data[offset:offset + count] = bytes(count)
+    else:
+        data[offset + count // 3:offset + count // 3 + 200] = np.random.default_rng(1).bytes(200)
+    p = tmp_path / "bad.ome.tif"
+    p.write_bytes(bytes(data))
+    with open_slide(syn.path) as good, open_slide(p) as bad:
+        np.testing.assert_array_equal(bad.read_region((0, 0), 256, 0.5), good.read_region((0, 0), 256, 0.5))
+        with pytest.raises(SlideError, match=r"cannot read 256 px at 0.5 µm/px from \(256, 256\)") as e:
+            bad.read_region((256, 256), 256, 0.5)
+    assert str(p) in str(e.value)
+
+
+def test_damaged_plain_images_and_empty_files(tmp_path):
+    img = np.random.default_rng(0).integers(0, 256, (300, 400, 3), dtype=np.uint8)
+    for name in ("plain.png", "plain.jpg"):
+        whole = tmp_path / name
+        cv2.imwrite(str(whole), img)
+        open_slide(whole, mpp=0.5).close()
+        for keep in (0.5, 0.99):
+            p = tmp_path / f"cut-{keep}-{name}"
+            p.write_bytes(whole.read_bytes()[: int(whole.stat().st_size * keep)])
+            with pytest.raises(SlideError, match="cannot be read" if name.endswith("png") else "truncated JPEG") as e:
+                open_slide(p, mpp=0.5)
+            assert str(p) in str(e.value)
+    for name in ("empty.ome.tif", "empty.svs", "empty.png"):
+        (tmp_path / name).write_bytes(b"")
+        with pytest.raises(SlideError, match="empty file") as e:
+            open_slide(tmp_path / name, mpp=0.5)
+        assert str(tmp_path / name) in str(e.value)

@@ -10,7 +10,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from ..evaluation.protocols import PROTOCOL_NAMES
+from ..protocol_names import PROTOCOL_NAMES
 
 DESCRIPTION = """\
 Make prompts from ground truth with a seeded protocol, segment every slide with WSI-SAM (mode "wsi")

@@ -46,6 +46,10 @@ def add_parser(sub, name: str) -> None:
                    help="run on the CPU, with a warning, where Ray gives an actor a GPU torch cannot see "
                         "(default: fail)")
     x.add_argument("--no-progress", action="store_true")
+    x.add_argument("--overwrite", action="store_true",
+                   help="redo finished slides that were made with other settings (default: refuse the run)")
+    x.add_argument("--fail-fast", action="store_true",
+                   help="abort the run at the first failed slide (default: the other slides finish)")
     p.set_defaults(run=run)
 
 
@@ -75,32 +79,39 @@ def detector_options(args: argparse.Namespace) -> dict:
     return options
 
 
+#: Exit codes: 0 every slide done or skipped; 2 refused before any work (bad input, locked or
+#: conflicting output folder, a model actor that cannot start); 3 some slides failed; 130 interrupted.
+EXIT_SLIDES_FAILED = 3
+
+
 def run(args: argparse.Namespace) -> int:
+    import signal
+
     from ..api import segment_slides
-    from ..distributed.errors import original_error
     from ..distributed.executor import ExecutionConfig
     from ..pipeline import OutputConfig
     from ..scheduler import ScheduleConfig
     from .summary import print_summary
 
+    # `ray job stop` and schedulers send SIGTERM: end like Ctrl-C (partials removed, manifest kept).
+    signal.signal(signal.SIGTERM, _interrupt)
     options = detector_options(args)
     spec = model_spec_from_args(args).validate()
     print(f"wsisam-engine segment: model: {spec.describe()}", flush=True)
-    try:
-        results = segment_slides(
-            args.slides, prompts=args.prompts, detector=args.detector,
-            detector_options=options, output_dir=args.output, model=spec,
-            schedule=ScheduleConfig(patch_px=spec.patch_px(), hr_mpp=args.hr_mpp, lr_mpp=args.lr_mpp,
-                                    context_px=args.context_px),
-            output=OutputConfig(ngff_version=args.ngff, min_area_um2=args.min_area_um2),
-            execution=ExecutionConfig(actors=args.actors, gpus_per_actor=args.gpus_per_actor,
-                                      cpus_per_actor=args.cpus_per_actor, windows_per_batch=args.windows_per_batch,
-                                      progress=not args.no_progress),
-            address=args.address, slide_mpp=args.slide_mpp, num_cpus=args.num_cpus, num_gpus=args.num_gpus)
-    except Exception as exc:  # a user error raised inside a Ray worker: report the worker's own message
-        cause = original_error(exc)
-        if cause is not exc and isinstance(cause, ValueError):
-            raise cause from exc
-        raise
+    results = segment_slides(
+        args.slides, prompts=args.prompts, detector=args.detector,
+        detector_options=options, output_dir=args.output, model=spec,
+        schedule=ScheduleConfig(patch_px=spec.patch_px(), hr_mpp=args.hr_mpp, lr_mpp=args.lr_mpp,
+                                context_px=args.context_px),
+        output=OutputConfig(ngff_version=args.ngff, min_area_um2=args.min_area_um2),
+        execution=ExecutionConfig(actors=args.actors, gpus_per_actor=args.gpus_per_actor,
+                                  cpus_per_actor=args.cpus_per_actor, windows_per_batch=args.windows_per_batch,
+                                  progress=not args.no_progress, fail_fast=args.fail_fast),
+        address=args.address, slide_mpp=args.slide_mpp, num_cpus=args.num_cpus, num_gpus=args.num_gpus,
+        overwrite=args.overwrite)
     print_summary(results, args.output)
-    return 0
+    return EXIT_SLIDES_FAILED if any(r.status == "failed" for r in results) else 0
+
+
+def _interrupt(signum, frame):  # noqa: ARG001 - signal handler signature
+    raise KeyboardInterrupt

@@ -22,3 +22,9 @@ def print_summary(results: list[SlideResult], output_dir: Path) -> None:
     print(format_summary(results))
     print(f"outputs: {output_dir}/<slide_id>/ (labels.ome.zarr, objects.parquet, objects.geojson); "
           f"manifest: {output_dir}/run_manifest.json")
+    failed = [r for r in results if r.status == "failed"]
+    if failed:
+        width = max(len(r.slide_id) for r in failed)
+        print(f"\n{len(failed)} slide(s) FAILED (their partial outputs were removed; rerun to retry them):")
+        for r in failed:
+            print(f"  {r.slide_id:<{width}}  {(r.error or '').splitlines()[0] if r.error else ''}")

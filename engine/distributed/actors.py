@@ -64,6 +64,7 @@ class ModelActor:
         return self.identity
 
     def segment(self, jobs: list[WindowJob], batch_id: int) -> tuple[list[ObjectMask], BatchReport]:
+        _injected_fault(jobs)
         with self._lock:
             t0 = time.perf_counter()
             objects = self.segmenter.segment(jobs)
@@ -96,6 +97,17 @@ def actor_device(who: str, gpu_ids: tuple[str, ...], allow_cpu: bool) -> str:
     print(f"warning: {who}: Ray gave it GPU(s) {', '.join(gpu_ids)} but torch sees no CUDA device ({seen}); "
           "running on the CPU (--allow-cpu)", file=sys.stderr, flush=True)
     return "cpu"
+
+
+#: Fault injection for the engine's own fault tests: a model actor given a batch of this slide
+#: ends its process at once, as an out-of-memory kill would.
+FAULT_ENV = "WSISAM_ENGINE_TEST_KILL_WORKER_ON_SLIDE"
+
+
+def _injected_fault(jobs: list[WindowJob]) -> None:
+    target = os.environ.get(FAULT_ENV)
+    if target and jobs and jobs[0].window.slide_id == target:
+        os._exit(137)
 
 
 class SlideWriterActor:

@@ -1,23 +1,28 @@
 """The run manifest: configuration, model checksums, and per slide its status, timings and
-which actor (and GPU) ran which windows. Rewritten atomically after every slide."""
+which actor (and GPU) ran which windows.
+
+Every run keeps its own record, ``.runs/<run_id>.json``, which no later run overwrites;
+``run_manifest.json`` is a copy of the latest run's. Both are rewritten atomically after every
+slide, so a run that fails, is interrupted or skips everything never erases an earlier record.
+"""
 from __future__ import annotations
 
 import json
 import os
-import tempfile
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-MANIFEST_NAME = "run_manifest.json"
+from ..output_folder import MANIFEST_NAME, RUNS_DIR, write_json_atomic
 
 
 @dataclass
 class SlideEntry:
     slide_id: str
     path: str
-    status: str = "pending"  # pending | done | skipped (done by an earlier run) | failed
+    status: str = "pending"  # pending | done | skipped (done by an earlier run) | failed | interrupted
     error: str | None = None
     prompts: int = 0
+    prompts_read: int = 0
     objects: int = 0
     windows: int = 0
     windows_computed: int = 0  # windows segmented in this run (0 for skipped slides)
@@ -34,19 +39,31 @@ class RunManifest:
     config: dict
     model_sha256: dict[str, str]
     cluster: dict
+    status: str = "running"  # running | done | failed (some slides failed) | interrupted | error
+    error: str | None = None
+    # One entry per model actor: its current process, and the processes it had before restarts.
     actors: list[dict] = field(default_factory=list)
     slides: dict[str, SlideEntry] = field(default_factory=dict)
     finished: str | None = None
     totals: dict = field(default_factory=dict)
 
+    def note_worker(self, worker: dict) -> None:
+        """Record the process an actor ran a batch in; a new pid is a restart."""
+        i = worker["actor_index"]
+        while len(self.actors) <= i:
+            self.actors.append({})
+        current = self.actors[i]
+        if current.get("pid") != worker["pid"]:
+            history = current.pop("previous", []) + ([current] if current else [])
+            self.actors[i] = {**worker, "restarts": len(history), "previous": history}
+
     def write(self, output_dir: str | os.PathLike) -> Path:
-        path = Path(output_dir) / MANIFEST_NAME
-        fd, tmp = tempfile.mkstemp(dir=output_dir, prefix=f".{MANIFEST_NAME}.", suffix=".tmp")
-        with os.fdopen(fd, "w") as f:
-            json.dump(asdict(self), f, indent=2, default=str)
-        os.replace(tmp, path)
-        return path
+        data = asdict(self)
+        write_json_atomic(output_dir, f"{RUNS_DIR}/{self.run_id}.json", data)
+        return write_json_atomic(output_dir, MANIFEST_NAME, data)
 
 
-def read_manifest(output_dir: str | os.PathLike) -> dict:
-    return json.loads((Path(output_dir) / MANIFEST_NAME).read_text())
+def read_manifest(output_dir: str | os.PathLike, run_id: str | None = None) -> dict:
+    """The latest run's manifest, or the one of ``run_id``."""
+    path = Path(output_dir) / (MANIFEST_NAME if run_id is None else f"{RUNS_DIR}/{run_id}.json")
+    return json.loads(path.read_text())

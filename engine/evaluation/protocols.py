@@ -55,10 +55,10 @@ from rasterio.features import rasterize
 
 from ..detectors import MaskToBoxesDetector
 from ..prompts import write_prompts_geojson
+from ..protocol_names import PROTOCOL_NAMES
 from ..records import Prompt
 from .matching import parse_truth_link, truth_link_name
 
-PROTOCOL_NAMES = ("boxes", "points3", "points5", "points10", "detector")
 SEEDING = ("per object: np.random.default_rng(SeedSequence([seed, crc32(slide_id), crc32(str(object_id)), "
            "crc32(stream)])), stream = protocol name ('points' for every K)")
 BOX_NOISE_MODEL = ("truth bounds (x0,y0,x1,y1), w=x1-x0, h=y1-y0, u1..u4~U[-1,1): cx'=cx+{c}*u1*w, cy'=cy+{c}*u2*h, "
