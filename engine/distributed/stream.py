@@ -83,7 +83,7 @@ class CohortStream:
                 while self.todo and (len(self.queue) < self.max_in_flight or not self.states):
                     self._open_next_slide()
                 self._dispatch()
-                if self.in_flight:
+                if self.in_flight or self.probes:
                     done, _ = ray.wait(list(self.in_flight) + list(self.probes), num_returns=1)
                     for ref in done:
                         self._probe(ref) if ref in self.probes else self._collect(ref)
@@ -135,8 +135,10 @@ class CohortStream:
             if batch.slide_id not in self.states:  # its slide failed meanwhile
                 self.queue.popleft()
                 continue
-            # A batch that killed an actor runs alone on an idle actor, so a second death is its own.
-            free = [k for k in range(len(self.actors)) if not self.isolated[k]
+            # A batch that killed an actor runs alone on an idle actor, so a second death is its own;
+            # a restarted actor gets work once it has said who it is (its new process is recorded).
+            probing = set(self.probes.values())
+            free = [k for k in range(len(self.actors)) if not self.isolated[k] and k not in probing
                     and (self.load[k] == 0 if batch.suspect else True)]
             if not free:
                 return
