@@ -99,6 +99,11 @@ class CohortStream:
             raise
         finally:
             self.bars.close()
+        for ref in list(self.probes):  # actors that restarted last: record who they are now
+            try:
+                self._probe(ref) if ray.wait([ref], timeout=30)[0] else self.probes.pop(ref)
+            except Exception:  # noqa: BLE001
+                pass
         self.manifest.totals["wall_s"] = time.perf_counter() - t_start
         return self.results
 
