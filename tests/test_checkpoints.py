@@ -1,4 +1,7 @@
 """Loading SAM/MobileSAM/reference WSI-SAM files and our own format."""
+import json
+from pathlib import Path
+
 import numpy as np
 import pytest
 import torch
@@ -147,3 +150,66 @@ def test_foreign_safetensors_file_is_rejected(tmp_path):
     save_file({"w": torch.zeros(2)}, str(path))
     with pytest.raises(wsisam.CheckpointError, match="not a wsisam-engine model"):
         wsisam.build_wsisam(None, checkpoint=path)
+
+
+# ---------------------------------------------------------------- the published files' key names
+# Built independently of our modules: SAM's from segment-anything's own builders, MobileSAM's and the
+# reference decoders' from manifests written from their public architectures (tests/data/).
+DATA = Path(__file__).parent / "data"
+
+
+def manifest(name: str) -> dict[str, tuple[int, ...]]:
+    return {k: tuple(v) for k, v in json.loads((DATA / name).read_text()).items()}
+
+
+def zeros(shapes: dict[str, tuple[int, ...]]) -> dict[str, torch.Tensor]:
+    return {k: torch.zeros(s, dtype=torch.long if k.endswith("num_batches_tracked") else torch.float32)
+            for k, s in shapes.items()}
+
+
+@pytest.mark.parametrize("name", ["vit_b", "vit_l", "vit_h"])
+def test_sam_files_key_names_and_shapes_load(name):
+    """A state dict with the key names and shapes of SAM's published sam_vit_{b,l,h} files (from
+    segment-anything's own builder, on the meta device) fits our model exactly."""
+    from segment_anything import sam_model_registry
+
+    with torch.device("meta"):
+        sam_state = sam_model_registry[name]().state_dict()
+        model = wsisam.WsiSam(wsisam.config.get_config(name))
+    wsisam.checkpoint.load_sam_state(model, sam_state, Path(f"sam_{name}.pth"))  # raises on any mismatch
+    ours = {k for k in model.state_dict() if wsisam.checkpoint._is_sam_key(k)}
+    mapped = set(wsisam.checkpoint._sam_state(sam_state))
+    assert mapped == ours  # every SAM part of ours filled, nothing of SAM's left over
+
+
+def test_mobile_sam_manifest_loads_into_vit_tiny(tmp_path):
+    path = tmp_path / "mobile_sam.pt"
+    torch.save(zeros(manifest("mobile_sam.json")), path)
+    model = wsisam.build_wsisam("vit_tiny", sam_checkpoint=path)
+    sam_params = {k: v for k, v in model.state_dict().items()
+                  if wsisam.checkpoint._is_sam_key(k) and v.is_floating_point()}
+    assert sam_params and all(not v.any() for v in sam_params.values())  # every SAM weight came from the file
+
+
+def test_reference_decoder_manifest_loads_into_vit_tiny_decoders(tmp_path):
+    state = zeros(manifest("wsisam_decoder_vit_t.json"))
+    model = wsisam.build_wsisam("vit_tiny")
+    for decoder, file_state in ((model.mask_decoder_hr, state), (model.mask_decoder_lr, {
+            "module." + k: v for k, v in state.items()})):  # DDP-saved files prefix "module."
+        path = tmp_path / "decoder.pth"
+        torch.save({"model": file_state, "epoch": 3}, path)
+        wsisam.load_reference_decoder(decoder, path)
+        assert all(not v.any() for v in decoder.state_dict().values())
+
+
+def test_manifests_are_not_vacuous(tmp_path):
+    """One key renamed or one shape changed in a manifest is refused."""
+    shapes = manifest("wsisam_decoder_vit_t.json")
+    renamed = {("hq_token.weight" if k == "hf_token.weight" else k): v for k, v in shapes.items()}
+    reshaped = {**shapes, "compress_vit_feat.0.weight": (768, 256, 2, 2)}  # a vit_b decoder
+    decoder = wsisam.build_wsisam("vit_tiny").mask_decoder_hr
+    for bad in (renamed, reshaped):
+        path = tmp_path / "bad.pth"
+        torch.save({"model": zeros(bad)}, path)
+        with pytest.raises(wsisam.CheckpointError, match="does not fit"):
+            wsisam.load_reference_decoder(decoder, path)

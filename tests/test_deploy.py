@@ -10,6 +10,7 @@ import re
 import shlex
 import shutil
 import subprocess
+import sys
 import zipfile
 from pathlib import Path
 
@@ -21,15 +22,12 @@ ROOT = Path(__file__).resolve().parents[1]
 DEPLOY = ROOT / "deploy"
 
 
-def _segment_parser() -> argparse.ArgumentParser | None:
-    """A parser holding only ``segment`` (other commands' modules are not imported)."""
-    if importlib.util.find_spec("engine.commands.segment_cmd") is None:
-        return None
-    from engine.commands import segment_cmd
+def _segment_parser() -> argparse.ArgumentParser:
+    """``wsisam-engine segment``'s own parser, as the CLI builds it."""
+    from engine.cli import build_parser
 
-    parser = argparse.ArgumentParser(prog="wsisam-engine")
-    segment_cmd.add_parser(parser.add_subparsers(dest="command", required=True), "segment")
-    return parser
+    sub = next(a for a in build_parser()._actions if isinstance(a, argparse._SubParsersAction))
+    return sub.choices["segment"]
 
 
 def _segment_argv(command: str) -> list[str]:
@@ -43,15 +41,25 @@ def _segment_argv(command: str) -> list[str]:
     return words[m[0] + 2:]
 
 
-def _check_segment_command(command: str) -> argparse.Namespace | None:
+def _check_segment_command(command: str) -> argparse.Namespace:
     argv = _segment_argv(command)
-    parser = _segment_parser()
-    if parser is None:
-        return None
     try:
-        return parser.parse_args(argv)
+        return _segment_parser().parse_args(argv[1:])
     except SystemExit:  # argparse exits on an option or value segment does not accept
         pytest.fail(f"wsisam-engine segment rejects: {command}")
+
+
+def _ray_start_params(commands: list[str]) -> list[dict]:
+    """The options of each ``ray start`` in ``commands``, parsed by Ray's own ``ray start``."""
+    from ray.scripts.scripts import start
+
+    found = []
+    for command in commands:
+        for part in command.split(";"):
+            words = shlex.split(part)
+            if words[:2] == ["ray", "start"]:
+                found.append(start.make_context("start", words[2:]).params)
+    return found
 
 
 # ---------------------------------------------------------------- cluster launcher
@@ -105,12 +113,17 @@ def test_cluster_layout_and_safety(cluster):
     assert gpu_types and all(t["resources"]["GPU"] >= 1 for t in gpu_types)
     assert sum(t.get("min_workers", 0) for t in types.values()) <= cluster["max_workers"]
     assert cluster["docker"]["image"]
-    run_options = " ".join(cluster["docker"]["run_options"])
-    for path in ("/data/slides:ro", "/data/prompts:ro", "/models:ro", "/data/out"):
-        assert path in run_options
-    assert "RAY_AUTH_MODE=token" in run_options and "HF_HUB_OFFLINE=1" in run_options
-    head_start = " ".join(cluster["head_start_ray_commands"])
-    assert "--dashboard-host=127.0.0.1" in head_start and "0.0.0.0" not in head_start
+    words = shlex.split(" ".join(cluster["docker"]["run_options"]))
+    values = [(w, v) for w, v in zip(words, words[1:]) if w in ("-v", "--volume", "-e", "--env")]
+    env = dict(v.split("=", 1) for w, v in values if w in ("-e", "--env"))
+    mounts = {v.split(":")[1]: v.split(":")[2:] for w, v in values if w in ("-v", "--volume")}
+    assert {p: mounts[p] for p in ("/data/slides", "/data/prompts", "/models", "/data/out")} == {
+        "/data/slides": ["ro"], "/data/prompts": ["ro"], "/models": ["ro"], "/data/out": []}
+    assert env["RAY_AUTH_MODE"] == "token" and env["HF_HUB_OFFLINE"] == "1" and env["RAY_AUTH_TOKEN_PATH"]
+    (head_start,) = _ray_start_params(cluster["head_start_ray_commands"])
+    assert head_start["head"] and head_start["dashboard_host"] == "127.0.0.1"
+    workers = _ray_start_params(cluster["worker_start_ray_commands"])
+    assert workers and all(not w["head"] and w["address"] for w in workers)
     assert cluster["provider"]["use_internal_ips"] is True
 
 
@@ -174,10 +187,8 @@ def test_rayjob_workers_request_gpus_and_one_actor_per_gpu(rayjob):
 def test_rayjob_entrypoint_runs_segment(rayjob):
     entrypoint = rayjob["spec"]["entrypoint"]
     assert re.match(r"\s*(wsisam-engine segment|(\S*/)?python3?(\.\d+)? -m engine\.cli segment)\s", entrypoint)
-    args = _check_segment_command(entrypoint)
-    if args is not None:  # the segment command exists: its parser accepts every option used
-        assert args.command == "segment" and args.address == "auto"
-        assert args.checkpoint and str(args.output)
+    args = _check_segment_command(entrypoint)  # segment's parser accepts every option used
+    assert args.address == "auto" and args.checkpoint and str(args.output)
 
 
 def test_rayjob_volumes_and_runtime_env(rayjob):
@@ -277,6 +288,19 @@ def _dockerfile_instructions() -> list[tuple[str, str]]:
     return out
 
 
+def _shell_commands(line: str) -> list[list[str]]:
+    """The simple commands of a shell line (split at ``;``, ``&&``, ``||``, ``|``), as words."""
+    lex = shlex.shlex(line, posix=True, punctuation_chars=True)
+    lex.whitespace_split = True
+    commands = [[]]
+    for word in lex:
+        if word in {";", "&&", "||", "|"}:
+            commands.append([])
+        else:
+            commands[-1].append(word)
+    return [c for c in commands if c]
+
+
 def test_dockerfile_parses_sensibly():
     import ray
 
@@ -293,16 +317,24 @@ def test_dockerfile_parses_sensibly():
     # Python 3.11 image, Ray equal to the one the project pins (and this venv runs)
     assert re.search(r"py311", base), base
     assert f"ray:{ray.__version__}-" in base, base
-    runs = " ".join(rest for w, rest in instructions if w == "RUN")
-    assert "sys.version_info[:2] == (3, 11)" in runs
+    runs = [rest for w, rest in instructions if w == "RUN"]
+    # the image's Python check passes on 3.11 and fails on any other version
+    (check,) = [ws[ws.index("-c") + 1] for ws in map(shlex.split, runs) if ws[:2] == ["python", "-c"]]
+    probe = "import sys; sys.version_info = ({}); exec(sys.argv[1])"
+    for version, rc in (("3, 11, 9", 0), ("3, 12, 0", 1), ("3, 10, 14", 1)):
+        done = subprocess.run([sys.executable, "-c", probe.format(version), check], capture_output=True)
+        assert done.returncode == rc, (version, done.stderr)
     # the project installed with pip from the copied sources, pyproject included
-    copies = [rest for w, rest in instructions if w == "COPY"]
-    assert any("pyproject.toml" in c for c in copies)
-    copied = {c.split()[-2] for c in copies}
-    assert {"wsisam", "engine"} <= copied
-    assert re.search(r"pip install [^&;]*/tmp/wsisam-src", runs)
-    envs = " ".join(rest for w, rest in instructions if w == "ENV")
-    assert "HF_HUB_OFFLINE=1" in envs
+    copies = [shlex.split(rest) for w, rest in instructions if w == "COPY"]
+    copied = {Path(src).name: dst for *flags_srcs, dst in copies for src in flags_srcs if not src.startswith("--")}
+    assert {"pyproject.toml", "wsisam", "engine"} <= set(copied)
+    installs = [ws for r in runs for ws in _shell_commands(r) if ws[:4] == ["python", "-m", "pip", "install"]]
+    assert any(copied["pyproject.toml"].rstrip("/") in ws for ws in installs), installs
+    envs = {}
+    for w, rest in instructions:
+        if w == "ENV":
+            envs.update(kv.split("=", 1) for kv in shlex.split(rest))
+    assert envs["HF_HUB_OFFLINE"] == "1"
     users = [rest for w, rest in instructions if w == "USER"]
     assert users and users[-1] not in {"root", "0"}
     assert "CMD" in words or "ENTRYPOINT" in words
@@ -310,26 +342,94 @@ def test_dockerfile_parses_sensibly():
 
 # ---------------------------------------------------------------- GPU check and README
 
-def test_gpu_check_script_is_valid_bash():
-    script = DEPLOY / "gpu_check.sh"
-    assert shutil.which("bash")
-    subprocess.run(["bash", "-n", str(script)], check=True)
-    text = script.read_text()
-    assert "WSISAM_TEST_DEVICE=cuda" in text
-    assert "tests/test_sam_parity.py tests/test_wsisam_model.py" in text
-    assert "bench model --backbones vit_tiny,vit_b --prompts 1,8,64 --device cuda --bf16" in text
-    assert '--json "$OUT/bench_model.json"' in text
-    limits = [int(n) for n in re.findall(r"^step \S+ (\d+) ", text, re.M)]
-    assert len(limits) == 4 and sum(limits) + 10 * len(limits) <= 8 * 60
+RECORDER = """#!{python}
+import json, os, sys
+if not sys.stdin.isatty():
+    sys.stdin.read()
+with open(os.environ["RECORD"], "a") as f:
+    f.write(json.dumps({{"name": os.path.basename(sys.argv[0]), "argv": sys.argv[1:],
+                         "device": os.environ.get("WSISAM_TEST_DEVICE"),
+                         "offline": os.environ.get("HF_HUB_OFFLINE")}}) + "\\n")
+if os.path.basename(sys.argv[0]) == "timeout":
+    args = sys.argv[1:]
+    while args[0].startswith("--"):
+        args = args[1:]
+    os.execvp(args[1], args[1:])
+"""
 
 
-def test_readme_submit_command():
+def test_gpu_check_script_runs_its_steps(tmp_path):
+    """deploy/gpu_check.sh run with stand-ins for python, nvidia-smi and timeout that record how
+    they are called: each step bounded, the tests and the benchmark asked for exist."""
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    for name in ("python", "nvidia-smi", "timeout"):
+        (bin_dir / name).write_text(RECORDER.format(python=sys.executable))
+        (bin_dir / name).chmod(0o755)
+    record = tmp_path / "calls.jsonl"
+    env = {"PATH": f"{bin_dir}:/usr/bin:/bin", "PYTHON": str(bin_dir / "python"), "OUT": str(tmp_path / "out"),
+           "RECORD": str(record)}
+    done = subprocess.run(["bash", str(DEPLOY / "gpu_check.sh")], env=env, capture_output=True, text=True,
+                          timeout=60)
+    assert done.returncode == 0, done.stdout + done.stderr
+    calls = [json.loads(line) for line in record.read_text().splitlines()]
+    limits = [int(c["argv"][c["argv"].index("--kill-after=10") + 1]) for c in calls if c["name"] == "timeout"]
+    assert len(limits) == 4 and sum(limits) + 10 * len(limits) <= 8 * 60  # within the 8 minutes it promises
+    runs = [c for c in calls if c["name"] == "python"]
+    assert all(c["device"] == "cuda" and c["offline"] == "1" for c in runs)
+    pytest_argv = next(c["argv"] for c in runs if c["argv"][:2] == ["-m", "pytest"])
+    test_files = [a for a in pytest_argv if a.startswith("tests/")]
+    assert {"tests/test_sam_parity.py", "tests/test_wsisam_model.py"} <= set(test_files)
+    assert all((ROOT / f).is_file() for f in test_files)
+    bench_argv = next(c["argv"] for c in runs if c["argv"][:2] == ["-m", "engine.cli"])
+    from engine.cli import build_parser
+
+    bench = build_parser().parse_args(bench_argv[2:])  # the real CLI accepts the benchmark's options
+    assert bench.command == "bench" and bench.device == "cuda" and bench.bf16
+    assert Path(bench.json).parent == tmp_path / "out"
+    summary = (tmp_path / "out" / "summary.txt").read_text().splitlines()
+    assert [line.split()[0] for line in summary] == ["nvidia-smi", "torch-cuda", "pytest-gpu", "bench-model"]
+
+
+def _readme_segment_options() -> set[str]:
+    """Every ``--option`` the deploy README shows in inline code that starts with an option."""
+    text = re.sub(r"```.*?```", "", (DEPLOY / "README.md").read_text(), flags=re.S)
+    spans = re.findall(r"`([^`]+)`", text)
+    return {w.split("=")[0] for span in spans if span.startswith("--") for w in span.split() if w.startswith("--")}
+
+
+def test_readme_submit_commands_are_accepted():
+    from ray.dashboard.modules.job.cli import submit
+
     text = (DEPLOY / "README.md").read_text()
-    command = ("ray job submit --address http://HEAD:8265 --working-dir . --runtime-env deploy/runtime_env.yaml -- "
-               "wsisam-engine segment /data/slides --prompts /data/prompts --output /data/out "
-               "--checkpoint /models/wsisam.safetensors")
-    assert command in text
-    assert "## Running a shared cluster safely" in text and "RAY_AUTH_MODE=token" in text
-    args = _check_segment_command(command.split(" -- ", 1)[1])
-    if args is not None:
-        assert args.prompts == "/data/prompts"
+    blocks = re.findall(r"```bash\n(.*?)```", text, re.S)
+    submits = [ws for b in blocks for line in b.splitlines() for ws in _shell_commands(line.split("#")[0])
+               if ws[:3] == ["ray", "job", "submit"]]
+    assert submits
+    for words in submits:
+        params = submit.make_context("submit", words[3:]).params  # Ray's own `ray job submit` parser
+        assert Path(ROOT / params["working_dir"]).resolve() == ROOT
+        assert (ROOT / params["runtime_env"]).is_file()
+        args = _check_segment_command(shlex.join(params["entrypoint"]))
+        assert args.output and args.slides
+
+
+def test_readme_options_exist():
+    """Each option the deploy README names is one of `wsisam-engine segment`'s, `ray job submit`'s
+    or `ray start`'s."""
+    from ray.dashboard.modules.job.cli import submit
+    from ray.scripts.scripts import start
+
+    known = {o for a in _segment_parser()._actions for o in a.option_strings}
+    known |= {o for cmd in (submit, start) for p in cmd.params for o in p.opts}
+    named = _readme_segment_options()
+    assert {"--actors", "--gpus-per-actor", "--mode", "--ngff", "--sam-checkpoint", "--hr-decoder"} <= named
+    assert named <= known, named - known
+
+
+def test_readme_sections_named_elsewhere_exist():
+    headings = set(re.findall(r"^#+ (.+)$", (DEPLOY / "README.md").read_text(), re.M))
+    cited = set()
+    for f in DEPLOY.iterdir():
+        cited |= set(re.findall(r'README\.md, "([^"]+)"', f.read_text()))
+    assert cited and cited <= headings, cited - headings

@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 import rasterio.features
 import shapely
+import torch
 import zarr
 from affine import Affine
 
@@ -87,11 +88,19 @@ def test_label_image_agrees_with_polygons(synth, truth_run):
 
 def test_outputs_are_readable_and_documented(truth_run):
     from ome_zarr.io import parse_url
-    from ome_zarr.reader import Reader
+    from ome_zarr.reader import Label, Reader
 
     nodes = list(Reader(parse_url(str(truth_run.labels_path)))())
-    label_node = [n for n in nodes if "image-label" in n.metadata.get("name", "") or n.load is not None][-1]
-    assert any("properties" in n.metadata for n in nodes)
+    label_nodes = [n for n in nodes if "properties" in n.metadata]  # NGFF image-label metadata
+    assert len(label_nodes) == 1 and any(isinstance(spec, Label) for spec in label_nodes[0].specs)
+    label = label_nodes[0]
+    gdf = truth_run.geodataframe()
+    level0 = np.asarray(label.data[0])
+    assert level0.shape == (2500, 3000)
+    assert set(np.unique(level0)) == {0, *gdf.object_id}
+    classes = {int(oid): props["class"] for oid, props in label.metadata["properties"].items()}
+    assert classes == dict(zip(gdf.object_id, gdf.class_name))
+    assert set(label.metadata["color"]) == set(classes)
     fc = json.loads(truth_run.geojson_path.read_text())
     assert fc["type"] == "FeatureCollection" and "crs" not in fc
     f0 = fc["features"][0]
@@ -99,7 +108,6 @@ def test_outputs_are_readable_and_documented(truth_run):
     summary = json.loads((truth_run.labels_path.parent / "summary.json").read_text())
     assert summary["result"]["objects"] == truth_run.objects
     assert "overlap_rule" in summary and "score" in summary
-    assert label_node is not None
 
 
 def test_deterministic(synth, truth_run, tmp_path):
@@ -147,13 +155,33 @@ def test_real_model_end_to_end(synth, tmp_path):
     assert (res.labels_path / ".zattrs").exists()  # NGFF 0.4 on zarr v2, for QuPath
 
 
-def test_sam_mode_runs(synth, tmp_path):
+def test_sam_mode_runs_sams_own_path(synth, tmp_path):
+    """SAM mode writes objects from SAM's decoder on the HR patch: its masks ignore the WSI-only
+    weights (fusion, HF token) that change the WSI path's masks on the same prompts."""
     s, prompts_path = synth
-    segmenter = WsiSamSegmenter(wsisam.WsiSamPredictor(make_model("vit_test"), device="cpu"), mode="sam")
     prompts = read_prompts(prompts_path, slide_id=s.slide_id)[s.slide_id][:4]
-    with open_slide(s.path) as slide:
-        res = segment_slide(slide, prompts, segmenter, tmp_path, SCHEDULE)
-    assert res.prompts == 4
+    model, other = make_model("vit_test", seed=0), make_model("vit_test", seed=0)
+    with torch.no_grad():
+        for name, p in other.named_parameters():
+            if name.split(".", 1)[1].startswith(wsisam.modeling.WSI_PARAM_PREFIXES):
+                p.add_(torch.randn_like(p))
+
+    def run(m, mode, out):
+        segmenter = WsiSamSegmenter(wsisam.WsiSamPredictor(m, device="cpu"), mode=mode)
+        with open_slide(s.path) as slide:
+            res = segment_slide(slide, prompts, segmenter, tmp_path / out, SCHEDULE)
+        summary = json.loads((res.labels_path.parent / "summary.json").read_text())
+        return res, summary["segmenter"], label_s0(res)
+
+    sam, sam_name, sam_labels = run(model, "sam", "sam")
+    _, _, sam_labels_other = run(other, "sam", "sam_other")
+    _, wsi_name, wsi_labels = run(model, "wsi", "wsi")
+    _, _, wsi_labels_other = run(other, "wsi", "wsi_other")
+    assert sam.prompts == 4 and sam.objects >= 1 and len(sam.geodataframe()) == sam.objects
+    assert sam_name == "wsisam-vit_test-sam" and wsi_name == "wsisam-vit_test-wsi"
+    np.testing.assert_array_equal(sam_labels, sam_labels_other)  # WSI-only weights play no part
+    assert not np.array_equal(wsi_labels, wsi_labels_other)  # ... while they steer the WSI path
+    assert not np.array_equal(sam_labels, wsi_labels)
 
 
 def test_prompts_outside_the_slide_are_dropped_and_counted(synth, tmp_path):

@@ -117,10 +117,13 @@ def _decoder_state(raw: dict, path: Path) -> dict[str, torch.Tensor]:
 
 def load_sam_checkpoint(model: WsiSam, path: str | os.PathLike) -> WsiSam:
     """Load SAM's or MobileSAM's weights into the frozen SAM parts of ``model`` (both decoders)."""
-    path = Path(path)
-    state = _sam_state(_torch_load(path))
+    return load_sam_state(model, _torch_load(path), Path(path))
+
+
+def load_sam_state(model: WsiSam, raw: dict, path: Path) -> WsiSam:
+    """:func:`load_sam_checkpoint` for a state dict already read from ``path``."""
     required = {k for k in model.state_dict() if _is_sam_key(k)}
-    _load_strict(model, state, path, required)
+    _load_strict(model, _sam_state(raw), path, required)
     return model
 
 
