@@ -10,14 +10,21 @@ Rules (all deterministic: the same prompts and settings give the same windows):
   and so on.
 - Packing: within a level, prompts sorted by (top, left, id) seed windows in turn; each window
   takes, in the same order, every still-unplaced prompt whose extent keeps the union of extents
-  (plus context) inside one HR patch. The window is centred on that union. Every prompt lands in
-  exactly one window; encoder passes per prompt = 2 x windows / prompts.
+  (plus context) inside one HR patch (the row greedy). Then each cluster of prompts that can share
+  windows (connected through pairs that fit one window together) of at most
+  ``EXACT_MAX_PROMPTS`` prompts, which the greedy packed into more windows than a lower bound, is
+  re-packed by a small exact set cover (HiGHS, capped in branch-and-bound nodes, not time) when
+  that gives fewer windows: never more windows than the row greedy. A window is centred on the
+  union of its prompts' extents. Every prompt lands in exactly one window; encoder passes per
+  prompt = 2 x windows / prompts.
 """
 from __future__ import annotations
 
 import bisect
 import math
 from dataclasses import dataclass
+
+import numpy as np
 
 from .geometry import PatchPair, concentric_pair
 from .records import Prompt
@@ -80,40 +87,194 @@ def prompt_level(extent: tuple[float, float, float, float], cfg: ScheduleConfig,
     raise ValueError(f"an object of {side * slide_mpp:.0f} µm does not fit a window even at level {cfg.max_level}")
 
 
+_Extent = tuple[float, float, float, float]
+EXACT_MAX_PROMPTS = 40  # clusters up to this size are packed by a small exact solve
+_EXACT_NODE_LIMIT = 200  # branch-and-bound nodes per exact solve (a work cap, not a time cap: deterministic)
+
+
+def _fits(a: _Extent, b: _Extent, usable: float) -> bool:
+    return max(a[2], b[2]) - min(a[0], b[0]) <= usable and max(a[3], b[3]) - min(a[1], b[1]) <= usable
+
+
+def _greedy_groups(exts: list[_Extent], usable: float) -> list[list[int]]:
+    """Row greedy on extents sorted by (top, left, id): each unplaced prompt seeds a window that
+    takes, in order, every later unplaced prompt keeping the union inside ``usable``."""
+    tops = [e[1] for e in exts]
+    placed = [False] * len(exts)
+    groups = []
+    for i, union in enumerate(exts):
+        if placed[i]:
+            continue
+        members = [i]
+        placed[i] = True
+        for j in range(i + 1, bisect.bisect_right(tops, union[1] + usable)):
+            if not placed[j] and _fits(union, exts[j], usable):
+                x0, y0, x1, y1 = exts[j]
+                union = (min(union[0], x0), min(union[1], y0), max(union[2], x1), max(union[3], y1))
+                members.append(j)
+                placed[j] = True
+        groups.append(members)
+    return groups
+
+
+def _compatible_pairs(ext: np.ndarray, usable: float) -> np.ndarray:
+    """(E, 2) index pairs i < j of prompts that fit one window together."""
+    from scipy.spatial import cKDTree
+
+    if len(ext) < 2:
+        return np.zeros((0, 2), dtype=np.intp)
+    pairs = cKDTree(ext[:, :2]).query_pairs(usable, p=np.inf, output_type="ndarray")
+    i, j = pairs[:, 0], pairs[:, 1]
+    ok = ((np.maximum(ext[i, 2], ext[j, 2]) - np.minimum(ext[i, 0], ext[j, 0]) <= usable)
+          & (np.maximum(ext[i, 3], ext[j, 3]) - np.minimum(ext[i, 1], ext[j, 1]) <= usable))
+    pairs = np.sort(pairs[ok], axis=1)
+    return pairs[np.lexsort((pairs[:, 1], pairs[:, 0]))]
+
+
+def _clusters(n: int, pairs: np.ndarray) -> list[np.ndarray]:
+    """Connected components of the compatibility graph (prompts that can never share a window
+    with anyone outside their cluster), each as sorted indices, in order of their first index."""
+    from scipy.sparse import coo_matrix
+    from scipy.sparse.csgraph import connected_components
+
+    g = coo_matrix((np.ones(len(pairs)), (pairs[:, 0], pairs[:, 1])), shape=(n, n))
+    _, labels = connected_components(g, directed=False)
+    order = np.argsort(labels, kind="stable")
+    cuts = np.flatnonzero(np.diff(labels[order])) + 1
+    return sorted(np.split(order, cuts), key=lambda c: int(c[0]))
+
+
+def _pairs_within(pairs: np.ndarray, cluster: np.ndarray, n: int) -> np.ndarray:
+    """The pairs inside ``cluster``, renumbered 0..len(cluster)-1."""
+    local = np.full(n, -1, dtype=np.intp)
+    local[cluster] = np.arange(len(cluster))
+    return local[pairs[np.isin(pairs[:, 0], cluster)]]
+
+
+def _clique_columns(ext: np.ndarray, usable: float) -> np.ndarray:
+    """(m, k) boolean: every maximal set of prompts that fits one window is a row (plus some
+    non-maximal ones). A window whose union starts at prompt a's left and prompt b's top holds
+    exactly the prompts right of a and below b that end within ``usable`` of those edges."""
+    x0, y0, x1, y1 = ext.T
+    in_x = (x0[None, :] >= x0[:, None]) & (x1[None, :] - x0[:, None] <= usable)
+    in_y = (y0[None, :] >= y0[:, None]) & (y1[None, :] - y0[:, None] <= usable)
+    a, b = np.nonzero(in_x & in_y.T)  # a and b both inside the window
+    return np.unique(in_x[a] & in_y[b], axis=0)
+
+
+def _independent_count(k: int, pairs: np.ndarray) -> int:
+    """Size of a greedy set of pairwise incompatible prompts (fewest compatible ones first): each
+    needs its own window, so this is a lower bound on the windows."""
+    deg = np.bincount(pairs.ravel(), minlength=k)
+    nbrs: list[list[int]] = [[] for _ in range(k)]
+    for i, j in pairs.tolist():
+        nbrs[i].append(j)
+        nbrs[j].append(i)
+    blocked = [False] * k
+    count = 0
+    for i in np.argsort(deg, kind="stable").tolist():
+        if not blocked[i]:
+            count += 1
+            for j in nbrs[i]:
+                blocked[j] = True
+    return count
+
+
+def _exact_groups(ext: np.ndarray, usable: float) -> list[list[int]] | None:
+    """Fewest windows for a small cluster (set cover over its windows, HiGHS with a node cap);
+    None when the solver stops without a solution."""
+    from scipy.optimize import Bounds, LinearConstraint, milp
+    from scipy.sparse import csr_matrix
+
+    cols = _clique_columns(ext, usable)
+    m = len(cols)
+    res = milp(np.ones(m), constraints=LinearConstraint(csr_matrix(cols.T.astype(np.float64)), lb=1),
+               integrality=np.ones(m), bounds=Bounds(0, 1), options={"node_limit": _EXACT_NODE_LIMIT})
+    if res.x is None:
+        return None
+    left = np.ones(len(ext), dtype=bool)
+    groups = []
+    for c in np.flatnonzero(res.x > 0.5):
+        members = np.flatnonzero(cols[c] & left)
+        if len(members):
+            left[members] = False
+            groups.append(members.tolist())
+    return groups
+
+
+def _pack_level(exts: list[_Extent], usable: float) -> list[list[int]]:
+    """Groups of indices into ``exts`` (sorted by top, left, id): the row greedy, with every
+    small cluster it packs into more windows than a lower bound re-packed exactly when that
+    gives fewer windows."""
+    groups = _greedy_groups(exts, usable)
+    if len(groups) == 1:
+        return groups
+    ext = np.asarray(exts, dtype=np.float64)
+    pairs = _compatible_pairs(ext, usable)
+    group_of = np.empty(len(exts), dtype=np.intp)
+    for g, members in enumerate(groups):
+        group_of[members] = g
+    out: list[list[int]] = []
+    for cluster in _clusters(len(exts), pairs):
+        mine = [groups[g] for g in dict.fromkeys(group_of[cluster].tolist())]
+        if len(mine) > 1 and len(cluster) <= EXACT_MAX_PROMPTS:
+            if _independent_count(len(cluster), _pairs_within(pairs, cluster, len(exts))) < len(mine):
+                exact = _exact_groups(ext[cluster], usable)
+                if exact is not None and len(exact) < len(mine):
+                    mine = [[int(cluster[m]) for m in g] for g in exact]
+        out += mine
+    return sorted((sorted(g) for g in out), key=lambda g: g[0])
+
+
 def schedule_windows(slide_id: str, prompts: list[Prompt], slide_mpp: float, cfg: ScheduleConfig) -> list[Window]:
     """Pack ``prompts`` into windows; every prompt appears in exactly one window."""
-    by_level: dict[int, list[tuple[tuple[float, float, float, float], Prompt]]] = {}
-    for p in prompts:
-        ext = prompt_extent_l0_px(p, cfg, slide_mpp)
-        by_level.setdefault(prompt_level(ext, cfg, slide_mpp), []).append((ext, p))
     windows: list[Window] = []
-    for level in sorted(by_level):
-        usable = _usable_l0_px(cfg, level, slide_mpp)
-        items = sorted(by_level[level], key=lambda e: (e[0][1], e[0][0], e[1].prompt_id))
-        tops = [e[0][1] for e in items]
-        placed = [False] * len(items)
-        for i, (seed_ext, _) in enumerate(items):
-            if placed[i]:
-                continue
-            ux0, uy0, ux1, uy1 = seed_ext
-            members = [i]
-            placed[i] = True
-            # Candidates start no higher than the seed and within one usable side below it.
-            stop = bisect.bisect_right(tops, uy0 + usable)
-            for j in range(i + 1, stop):
-                if placed[j]:
-                    continue
-                x0, y0, x1, y1 = items[j][0]
-                nx0, ny0, nx1, ny1 = min(ux0, x0), min(uy0, y0), max(ux1, x1), max(uy1, y1)
-                if nx1 - nx0 <= usable and ny1 - ny0 <= usable:
-                    ux0, uy0, ux1, uy1 = nx0, ny0, nx1, ny1
-                    members.append(j)
-                    placed[j] = True
-            centre = ((ux0 + ux1) / 2, (uy0 + uy1) / 2)
-            pair = concentric_pair(centre, cfg.patch_px, cfg.hr_mpp * 2**level, cfg.lr_mpp * 2**level, slide_mpp)
+    for level, items in _by_level(prompts, slide_mpp, cfg):
+        exts = [e for e, _ in items]
+        for members in _pack_level(exts, _usable_l0_px(cfg, level, slide_mpp)):
+            ux0, uy0 = min(exts[m][0] for m in members), min(exts[m][1] for m in members)
+            ux1, uy1 = max(exts[m][2] for m in members), max(exts[m][3] for m in members)
+            pair = concentric_pair(((ux0 + ux1) / 2, (uy0 + uy1) / 2), cfg.patch_px, cfg.hr_mpp * 2**level,
+                                   cfg.lr_mpp * 2**level, slide_mpp)
             windows.append(Window(slide_id, len(windows), level, pair,
                                   tuple(sorted(items[m][1].prompt_id for m in members))))
     return windows
+
+
+def _by_level(prompts: list[Prompt], slide_mpp: float,
+              cfg: ScheduleConfig) -> list[tuple[int, list[tuple[_Extent, Prompt]]]]:
+    """Prompts with their extents per level, finest level first, each sorted by (top, left, id)."""
+    by_level: dict[int, list[tuple[_Extent, Prompt]]] = {}
+    for p in prompts:
+        ext = prompt_extent_l0_px(p, cfg, slide_mpp)
+        by_level.setdefault(prompt_level(ext, cfg, slide_mpp), []).append((ext, p))
+    return [(level, sorted(by_level[level], key=lambda e: (e[0][1], e[0][0], e[1].prompt_id)))
+            for level in sorted(by_level)]
+
+
+def windows_lower_bound(prompts: list[Prompt], slide_mpp: float, cfg: ScheduleConfig,
+                        lp_max_prompts: int = 2000) -> int:
+    """A lower bound on the windows any packing needs: per level and cluster of prompts that can
+    share windows, the larger of a greedy set of pairwise incompatible prompts and the rounded-up
+    LP relaxation of the set cover (clusters up to ``lp_max_prompts``). For benchmarks."""
+    from scipy.optimize import linprog
+    from scipy.sparse import csr_matrix
+
+    bound = 0
+    for level, items in _by_level(prompts, slide_mpp, cfg):
+        usable = _usable_l0_px(cfg, level, slide_mpp)
+        ext = np.asarray([e for e, _ in items], dtype=np.float64)
+        pairs = _compatible_pairs(ext, usable)
+        for cluster in _clusters(len(ext), pairs):
+            lb = _independent_count(len(cluster), _pairs_within(pairs, cluster, len(ext)))
+            if lb > 1 and len(cluster) <= lp_max_prompts:
+                cols = _clique_columns(ext[cluster], usable)
+                lp = linprog(np.ones(len(cols)), A_ub=-csr_matrix(cols.T.astype(np.float64)),
+                             b_ub=-np.ones(len(cluster)), bounds=(0, 1), method="highs")
+                if lp.status == 0:
+                    lb = max(lb, math.ceil(lp.fun - 1e-6))
+            bound += lb
+    return bound
 
 
 @dataclass(frozen=True)

@@ -412,6 +412,42 @@ def _level_dimensions(w: int, h: int, tile_px: int) -> list[tuple[int, int]]:
     return dims
 
 
+def _scene(w: int, h: int, mpp: float, n_objects: int, seed: int, n_large: int | None, n_edge: int | None,
+           context_objects: int, tissue_fraction: float, min_gap_um: float):
+    """Objects, tissue polygon and truth table of a slide (everything but the pixels)."""
+    if w < 16 or h < 16:
+        raise ValueError(f"slide too small: {w} x {h} px")
+    rng = np.random.default_rng(seed)
+    tissue = _tissue_polygon(rng, w, h, float(tissue_fraction))
+    tissue_um2 = tissue.area * mpp * mpp
+    if n_large is None:
+        n_large = min(3, int(tissue_um2 // 2.5e6))
+    if n_edge is None:
+        n_edge = min(4, n_objects // 5)
+    n_large = min(n_large, n_objects)
+    n_context = min(int(context_objects), n_objects - n_large)
+    n_edge = min(n_edge, n_objects - n_large - n_context)
+    objs = _layout(rng, w, h, mpp, n_objects, n_large, n_edge, tissue, min_gap_um, n_context=n_context)
+    truth = gpd.GeoDataFrame(
+        {
+            "object_id": np.arange(1, len(objs) + 1, dtype=np.int64),
+            "class_name": [o.class_name for o in objs],
+        },
+        geometry=[o.truth for o in objs],
+        crs=None,
+    )
+    return objs, tissue, truth
+
+
+def synthetic_truth_boxes(width_l0_px: int, height_l0_px: int, mpp: float = 0.5, n_objects: int = 30, seed: int = 0,
+                          *, tissue_fraction: float = 0.7, min_gap_um: float = 10.0) -> np.ndarray:
+    """The truth boxes (N, 4), level-0 px, that :func:`make_synthetic_slide` with these arguments
+    gives, without rendering pixels (scheduler benchmarks on large slides)."""
+    _, _, truth = _scene(int(width_l0_px), int(height_l0_px), mpp, n_objects, seed, None, None, 0, tissue_fraction,
+                         min_gap_um)
+    return np.asarray(shapely.bounds(truth.geometry.values), dtype=np.float64).reshape(-1, 4)
+
+
 def make_synthetic_slide(
     path: str | Path,
     width_l0_px: int,
@@ -450,32 +486,12 @@ def make_synthetic_slide(
     """
     path = Path(path)
     w, h = int(width_l0_px), int(height_l0_px)
-    if w < 16 or h < 16:
-        raise ValueError(f"slide too small: {w} x {h} px")
     if tile_px % 16:
         raise ValueError(f"tile_px must be a multiple of 16, got {tile_px}")
     if slide_id is None:
         slide_id = slide_id_from_path(path)
-    rng = np.random.default_rng(seed)
-    tissue = _tissue_polygon(rng, w, h, float(tissue_fraction))
-    tissue_um2 = tissue.area * mpp * mpp
-    if n_large is None:
-        n_large = min(3, int(tissue_um2 // 2.5e6))
-    if n_edge is None:
-        n_edge = min(4, n_objects // 5)
-    n_large = min(n_large, n_objects)
-    n_context = min(int(context_objects), n_objects - n_large)
-    n_edge = min(n_edge, n_objects - n_large - n_context)
-    objs = _layout(rng, w, h, mpp, n_objects, n_large, n_edge, tissue, min_gap_um, n_context=n_context)
-
-    truth = gpd.GeoDataFrame(
-        {
-            "object_id": np.arange(1, len(objs) + 1, dtype=np.int64),
-            "class_name": [o.class_name for o in objs],
-        },
-        geometry=[o.truth for o in objs],
-        crs=None,
-    )
+    objs, tissue, truth = _scene(w, h, mpp, n_objects, seed, n_large, n_edge, context_objects, tissue_fraction,
+                                 min_gap_um)
     dims = _level_dimensions(w, h, tile_px)
     renderer = _Renderer(objs, tissue, mpp, seed, tile_px)
     comp: dict = {}
