@@ -79,3 +79,32 @@ def listening(procs: list[psutil.Process]) -> set[tuple[str, str, int]]:
             if c.status == psutil.CONN_LISTEN or (c.type == socket.SOCK_DGRAM and c.laddr):
                 found.add((name, c.laddr.ip, c.laddr.port))
     return found
+
+
+def record_case(case_id: str, code: int, err: str) -> None:
+    """With CATALOGUE_TABLE=FILE, append a bad-input case's exit code and message (for the
+    catalogue table in notes); otherwise nothing."""
+    path = os.environ.get("CATALOGUE_TABLE")
+    if path:
+        import json as _json
+
+        lines = [x for x in err.splitlines() if x.strip()]
+        message = next((x for x in lines if "error" in x), lines[-1] if lines else "")
+        with open(path, "a") as f:
+            f.write(_json.dumps({"case": case_id, "exit": code, "message": message}) + "\n")
+
+
+#: What a run may add to an output folder without touching a finished slide: its records and lock.
+RUN_RECORDS = (".runs", "run_manifest.json", ".wsisam-engine.lock")
+
+
+def tree_hashes(root, *, ignore_run_records: bool = False) -> dict[str, str]:
+    """sha256 of every file under ``root`` (relative path -> digest), optionally leaving out the
+    run records and lock, which a refused rerun may write."""
+    import hashlib
+    from pathlib import Path
+
+    root = Path(root)
+    return {str(p.relative_to(root)): hashlib.sha256(p.read_bytes()).hexdigest()
+            for p in sorted(root.rglob("*")) if p.is_file()
+            and not (ignore_run_records and set(p.relative_to(root).parts) & set(RUN_RECORDS))}

@@ -6,11 +6,11 @@ expected exit code, message fragments).
 """
 from __future__ import annotations
 
-import hashlib
 from pathlib import Path
 
 import pytest
 
+from conftest import record_case, tree_hashes
 from engine.cli import main
 from test_model_inputs import write_model_files
 
@@ -94,23 +94,20 @@ def files(tmp_path_factory):
     return write_model_files(tmp_path_factory.mktemp("bad_models"))
 
 
-def _tree_hash(folder: Path) -> dict[str, str]:
-    return {str(p.relative_to(folder)): hashlib.sha256(p.read_bytes()).hexdigest()
-            for p in sorted(folder.rglob("*")) if p.is_file()}
-
-
 @pytest.mark.parametrize("case_id, argv, code, fragments", CASES, ids=[c[0] for c in CASES])
 def test_bad_model_input(files, capsys, case_id, argv, code, fragments):
     import ray
 
     out = Path(files["out"])
-    before = _tree_hash(out)
-    assert main(["segment", files["slide"], "--output", str(out), *argv(files)]) == code
+    before = tree_hashes(out)
+    got = main(["segment", files["slide"], "--output", str(out), *argv(files)])
     err = capsys.readouterr().err
+    record_case(case_id, got, err)
+    assert got == code, err
     line = [x for x in err.splitlines() if x.startswith("wsisam-engine segment: error: ")]
     assert len(line) == 1, err
     for fragment in fragments:
         assert fragment in line[0], (fragment, line[0])
     assert not ray.is_initialized()  # refused before Ray started
-    assert _tree_hash(out) == before
+    assert tree_hashes(out) == before
     assert not Path(files["code_marker"]).exists()  # no pickled code ran

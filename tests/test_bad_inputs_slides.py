@@ -8,7 +8,6 @@ and returns the argv for :func:`engine.cli.main`.
 """
 from __future__ import annotations
 
-import hashlib
 import json
 import shutil
 import struct
@@ -19,6 +18,7 @@ import numpy as np
 import pytest
 import tifffile
 
+from conftest import record_case, tree_hashes
 from engine.cli import main
 from engine.synthetic import make_synthetic_slide
 
@@ -184,11 +184,6 @@ def stock(tmp_path_factory) -> Path:
     return d
 
 
-def tree_digest(root: Path) -> dict[str, str]:
-    return {str(p.relative_to(root)): hashlib.sha256(p.read_bytes()).hexdigest()
-            for p in sorted(root.rglob("*")) if p.is_file()}
-
-
 @pytest.mark.parametrize("case_id, build, exit_code, fragments", CASES, ids=[c[0] for c in CASES])
 def test_bad_input(case_id, build, exit_code, fragments, stock, tmp_path, capsys, monkeypatch):
     import ray
@@ -199,11 +194,12 @@ def test_bad_input(case_id, build, exit_code, fragments, stock, tmp_path, capsys
     monkeypatch.setattr(ray, "init", no_ray)
     shutil.copytree(stock, tmp_path, dirs_exist_ok=True)
     argv = build(tmp_path)
-    before = tree_digest(tmp_path / "out")
+    before = tree_hashes(tmp_path / "out")
     code = main(argv)
     err = capsys.readouterr().err
+    record_case(case_id, code, err)
     assert code == exit_code, err
     assert err.startswith("wsisam-engine segment: error: "), err
     for fragment in fragments:
         assert fragment in err, (fragment, err)
-    assert tree_digest(tmp_path / "out") == before
+    assert tree_hashes(tmp_path / "out") == before

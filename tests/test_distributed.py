@@ -19,7 +19,7 @@ import zarr
 
 import engine
 import wsisam
-from conftest import listening, make_model, ray_processes
+from conftest import listening, make_model, ray_processes, tree_hashes
 from engine.distributed.cluster import LOCAL_ONLY_ENV, is_loopback
 from engine.distributed.executor import ExecutionConfig
 from engine.distributed.manifest import read_manifest
@@ -272,14 +272,6 @@ def test_batch_that_kills_its_worker_fails_only_its_slide(cohort, embedded_run, 
     assert m["actors"][0]["restarts"] >= 3 and len(m["actors"][0]["previous"]) == m["actors"][0]["restarts"]
 
 
-def _tree_hashes(root: Path) -> dict[str, str]:
-    import hashlib
-
-    return {str(p.relative_to(root)): hashlib.sha256(p.read_bytes()).hexdigest()
-            for p in sorted(root.rglob("*")) if p.is_file() and ".runs" not in p.parts
-            and p.name not in ("run_manifest.json", ".wsisam-engine.lock")}
-
-
 def test_second_run_on_same_output_is_refused_and_ctrl_c_cleans_up(cohort, embedded_run, tmp_path):
     """While a run holds the output folder a second run fails at once naming the holder; Ctrl-C then
     ends the first run: exit 130, no partial folder, manifest 'interrupted', finished slides kept,
@@ -322,18 +314,18 @@ def test_rerun_with_another_mode_is_refused_then_overwrite_redoes_it(cohort, emb
     setting) without touching a byte; `--overwrite` redoes them with the new mode."""
     out = tmp_path / "rerun_mode"
     shutil.copytree(embedded_run[0], out)
-    before = _tree_hashes(out)
+    before = tree_hashes(out, ignore_run_records=True)
     env = dict(os.environ, RAY_AUTH_MODE="disabled")
     proc = subprocess.run(segment_cli(cohort, out, "--num-cpus", "2", "--mode", "sam"), env=env,
                           capture_output=True, text=True, timeout=120)
     assert proc.returncode == 2, proc.stderr[-3000:]
     assert "case_0: model.mode" in proc.stderr and "--overwrite" in proc.stderr
-    assert _tree_hashes(out) == before
+    assert tree_hashes(out, ignore_run_records=True) == before
     # The same settings again: everything skipped untouched, Ray not even started.
     proc = subprocess.run(segment_cli(cohort, out, "--num-cpus", "2"), env=env, capture_output=True, text=True,
                           timeout=120)
     assert proc.returncode == 0, proc.stderr[-3000:]
-    assert _tree_hashes(out) == before
+    assert tree_hashes(out, ignore_run_records=True) == before
     m = read_manifest(out)
     assert {s["status"] for s in m["slides"].values()} == {"skipped"} and m["cluster"] == {}
     assert len(list((out / ".runs").glob("*.json"))) == 2  # the first run's record is still there
