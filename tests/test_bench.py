@@ -46,9 +46,10 @@ def test_engine_rows(bench_all):
 
 def test_passes_rows(bench_all):
     rows = bench_all[1]["suites"]["passes"]["rows"]
-    assert [r["prompts_from"] for r in rows][-1] == "truth objects of the slide"
+    assert [r["prompts_from"] for r in rows][-2:] == ["truth objects of the slide", "500-object layout"]
     for r in rows:
         assert r["passes_per_prompt"] == pytest.approx(2 * r["windows"] / r["prompts"]) and r["reduction"] > 0
+        assert 1 <= r["windows_lower_bound"] <= r["windows"]  # the bound the packing is measured against
 
 
 def test_stage_shares(bench_all):

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 from pathlib import Path
 
 
@@ -88,9 +89,7 @@ def run(args: argparse.Namespace) -> int:
     import signal
 
     from ..api import segment_slides
-    from ..distributed.executor import ExecutionConfig
-    from ..pipeline import OutputConfig
-    from ..scheduler import ScheduleConfig
+    from ..distributed.stream import ActorGoneError, SlideFailedError
     from .summary import print_summary
 
     # `ray job stop` and schedulers send SIGTERM: end like Ctrl-C (partials removed, manifest kept).
@@ -98,7 +97,24 @@ def run(args: argparse.Namespace) -> int:
     options = detector_options(args)
     spec = model_spec_from_args(args).validate()
     print(f"wsisam-engine segment: model: {spec.describe()}", flush=True)
-    results = segment_slides(
+    try:
+        results = _segment(args, segment_slides, spec, options)
+    except SlideFailedError as exc:  # --fail-fast
+        print(f"wsisam-engine segment: {exc} (--fail-fast: the run stopped there)", file=sys.stderr)
+        return EXIT_SLIDES_FAILED
+    except ActorGoneError as exc:
+        print(f"wsisam-engine segment: error: {exc}", file=sys.stderr)
+        return 1
+    print_summary(results, args.output)
+    return EXIT_SLIDES_FAILED if any(r.status == "failed" for r in results) else 0
+
+
+def _segment(args: argparse.Namespace, segment_slides, spec, options: dict):
+    from ..distributed.executor import ExecutionConfig
+    from ..pipeline import OutputConfig
+    from ..scheduler import ScheduleConfig
+
+    return segment_slides(
         args.slides, prompts=args.prompts, detector=args.detector,
         detector_options=options, output_dir=args.output, model=spec,
         schedule=ScheduleConfig(patch_px=spec.patch_px(), hr_mpp=args.hr_mpp, lr_mpp=args.lr_mpp,
@@ -109,8 +125,6 @@ def run(args: argparse.Namespace) -> int:
                                   progress=not args.no_progress, fail_fast=args.fail_fast),
         address=args.address, slide_mpp=args.slide_mpp, num_cpus=args.num_cpus, num_gpus=args.num_gpus,
         overwrite=args.overwrite)
-    print_summary(results, args.output)
-    return EXIT_SLIDES_FAILED if any(r.status == "failed" for r in results) else 0
 
 
 def _interrupt(signum, frame):  # noqa: ARG001 - signal handler signature

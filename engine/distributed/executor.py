@@ -40,6 +40,7 @@ class ExecutionConfig:
     progress: bool = True
     fail_fast: bool = False  # abort the run at the first failed slide
     max_batch_kills: int = 3  # a batch that kills its model worker this often fails its slide
+    restart_timeout_s: float = 600.0  # a model actor that died must be back within this
 
     def __post_init__(self) -> None:
         checks = {"actors (--actors)": self.actors is None or self.actors >= 1,

@@ -33,12 +33,17 @@ class SlideFailedError(RuntimeError):
     """A slide failed and ``fail_fast`` was set."""
 
 
+class ActorGoneError(RuntimeError):
+    """A model actor died and did not come back: the run cannot go on."""
+
+
 @dataclass
 class _Batch:
     slide_id: str
     batch_id: int
     windows: list
     kills: int = 0  # times the model actor died while running it
+    tries: int = 0  # times a call with it failed (died, refused, or its read's worker crashed)
 
     @property
     def suspect(self) -> bool:
@@ -67,7 +72,11 @@ class CohortStream:
         self.states: dict[str, _SlideState] = {}
         self.queue: deque[_Batch] = deque()
         self.in_flight: dict = {}  # report ref -> (batch, objects ref, actor index)
-        self.probes: dict = {}  # identify ref -> actor index: who an actor is after a restart
+        # After a call on actor k failed: identify ref -> (k, when asked, the batches that failed on
+        # it). An actor gets no work until its probe answers: Ray rejects calls made while an actor
+        # restarts, and the answer's pid tells whether the process really died.
+        self.probes: dict = {}
+        self.pid = [a["pid"] for a in manifest.actors]  # the process each actor runs in, as last seen
         self.load = [0] * len(actors)
         self.isolated = [False] * len(actors)  # running a batch that killed an actor before
         self.results: dict[str, SlideResult] = {}
@@ -101,8 +110,9 @@ class CohortStream:
             self.bars.close()
         for ref in list(self.probes):  # actors that restarted last: record who they are now
             try:
-                self._probe(ref) if ray.wait([ref], timeout=30)[0] else self.probes.pop(ref)
-            except Exception:  # noqa: BLE001
+                if ray.wait([ref], timeout=30)[0]:
+                    self.manifest.note_worker(asdict(ray.get(ref)))
+            except Exception:  # noqa: BLE001 - it is gone: nothing to record
                 pass
         self.manifest.totals["wall_s"] = time.perf_counter() - t_start
         return self.results
@@ -142,7 +152,7 @@ class CohortStream:
                 continue
             # A batch that killed an actor runs alone on an idle actor, so a second death is its own;
             # a restarted actor gets work once it has said who it is (its new process is recorded).
-            probing = set(self.probes.values())
+            probing = {k for k, _, _ in self.probes.values()}
             free = [k for k in range(len(self.actors)) if not self.isolated[k] and k not in probing
                     and (self.load[k] == 0 if batch.suspect else True)]
             if not free:
@@ -156,26 +166,21 @@ class CohortStream:
             objects_ref, report_ref = self.actors[k].segment.options(num_returns=2).remote(jobs, batch.batch_id)
             self.load[k] += 1
             self.isolated[k] = batch.suspect
-            self.in_flight[report_ref] = (batch, objects_ref, k)
+            self.in_flight[report_ref] = (batch, objects_ref, k, self.pid[k])
 
     def _collect(self, ref) -> None:
-        batch, objects_ref, k = self.in_flight.pop(ref)
+        batch, objects_ref, k, pid = self.in_flight.pop(ref)
         self.load[k] -= 1
         self.isolated[k] = False
         try:
             report: BatchReport = ray.get(ref)
         except _DEATHS as exc:
-            batch.kills += 1
-            # Ask the restarted process who it is (before any batch reaches it), for the actor list.
-            self.probes[self.actors[k].identify.remote()] = k
-            if batch.slide_id not in self.states:
-                return
-            if batch.kills >= self.cfg.max_batch_kills:
-                self._fail(batch.slide_id, exc, stage=f"batch {batch.batch_id} (windows "
-                           f"{[w.window_id for w in batch.windows]}) killed its model worker {batch.kills} times; "
-                           "last")
+            # Did the actor's process die, or was the call only refused? Its probe will tell.
+            probe = next((r for r, (j, _, _) in self.probes.items() if j == k), None)
+            if probe is None:
+                self.probes[self.actors[k].identify.remote()] = (k, time.monotonic(), [(batch, pid, exc)])
             else:
-                self.queue.appendleft(batch)
+                self.probes[probe][2].append((batch, pid, exc))
             return
         except Exception as exc:  # noqa: BLE001 - the read or the model raised: the slide fails
             if batch.slide_id in self.states:
@@ -199,11 +204,35 @@ class CohortStream:
             self._finish_slide(batch.slide_id)
 
     def _probe(self, ref) -> None:
-        self.probes.pop(ref)
+        """An actor answered (or not) after calls on it failed: count deaths, requeue or fail batches."""
+        k, since, failed = self.probes.pop(ref)
         try:
-            self.manifest.note_worker(asdict(ray.get(ref)))
-        except Exception:  # noqa: BLE001 - it died again before answering: the next probe will tell
-            pass
+            who = ray.get(ref)
+        except ActorDiedError as exc:  # it cannot be restarted (its __init__ fails now)
+            raise ActorGoneError(f"model actor {k} died and cannot restart: {original_error(exc) or exc}") from None
+        except _DEATHS:  # still restarting: ask again
+            if time.monotonic() - since > self.cfg.restart_timeout_s:
+                raise ActorGoneError(f"model actor {k} did not come back within {self.cfg.restart_timeout_s:.0f} s "
+                                     "of dying") from None
+            time.sleep(0.2)
+            self.probes[self.actors[k].identify.remote()] = (k, since, failed)
+            return
+        self.manifest.note_worker(asdict(who))
+        self.pid[k] = who.pid
+        for batch, pid, exc in failed:
+            if batch.slide_id not in self.states:
+                continue
+            batch.kills += who.pid != pid  # its process died while running it (else: the call was refused)
+            batch.tries += 1
+            windows = [w.window_id for w in batch.windows]
+            if batch.kills >= self.cfg.max_batch_kills:
+                self._fail(batch.slide_id, exc, stage=f"batch {batch.batch_id} (windows {windows}) killed its "
+                           f"model worker {batch.kills} times; last")
+            elif batch.tries >= 3 * self.cfg.max_batch_kills:
+                self._fail(batch.slide_id, exc, stage=f"batch {batch.batch_id} (windows {windows}) failed "
+                           f"{batch.tries} times; last")
+            else:
+                self.queue.appendleft(batch)
 
     # -- ends of a slide ------------------------------------------------------------------------
 
