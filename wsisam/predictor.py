@@ -55,7 +55,8 @@ def foreground_crops(masks: torch.Tensor) -> list[MaskCrop | None]:
         if r.size == 0:
             out.append(None)
             continue
-        crop = masks[k, r[0]:r[-1] + 1, c[0]:c[-1] + 1].cpu().numpy()
+        # A copy: on the CPU a view would keep the whole batch's masks alive.
+        crop = masks[k, r[0]:r[-1] + 1, c[0]:c[-1] + 1].cpu().numpy().copy()
         out.append(MaskCrop(int(r[0]), int(c[0]), crop))
     return out
 
