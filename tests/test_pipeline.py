@@ -16,8 +16,8 @@ from conftest import make_model
 from engine.pipeline import OutputConfig, segment_slide
 from engine.prompts import read_prompts
 from engine.records import Prompt
-from engine.scheduler import ScheduleConfig, schedule_stats, schedule_windows
-from engine.segmenters import TruthSegmenter, WsiSamSegmenter
+from engine.scheduler import ScheduleConfig, Window, schedule_stats, schedule_windows
+from engine.segmenters import TruthSegmenter, WindowJob, WsiSamSegmenter, prompt_arrays_hr_px
 from engine.slides import open_slide
 from engine.synthetic import make_synthetic_slide
 
@@ -219,3 +219,58 @@ def test_output_folder_that_cannot_be_written(synth, tmp_path):
     blocker.write_text("not a folder")
     with pytest.raises(PermissionError, match="file.txt/out cannot be written"):
         run_truth(synth, blocker / "out")
+
+
+class ReferenceWsiSamSegmenter(WsiSamSegmenter):
+    """The segmenter as it was: window-sized masks for all prompts from the plain decoder path.
+
+    Pixels whose plain-path logit is within float rounding of 0 (``tie_logit``) may fall either
+    way on the fast path (same maths, another summation order): there it takes the fast path's
+    decision and counts the pixels where the two differ in ``ties_flipped``."""
+
+    tie_logit = 1e-5
+    ties_flipped = 0
+
+    def _predict(self, items, jobs):
+        crops, _ = super()._predict(items, jobs)
+        arrays = [prompt_arrays_hr_px([p], jobs[k].window) for k, p in items]
+        kw = {key: None if arrays[0][key] is None else np.concatenate([a[key] for a in arrays])
+              for key in ("boxes", "points", "point_labels")}
+        out = self.predictor.predict(pair_index=np.array([k for k, _ in items]), return_lr=False, reference=True,
+                                     **kw)
+        fast = np.zeros_like(out.hr_masks)
+        for j, c in enumerate(crops):
+            if c is not None:
+                fast[j, c.row0_px:c.row0_px + c.mask.shape[0], c.col0_px:c.col0_px + c.mask.shape[1]] = c.mask
+        tie = np.abs(out.hr_logits) < self.tie_logit
+        self.ties_flipped += int((tie & (fast != out.hr_masks)).sum())
+        return np.where(tie, fast, out.hr_masks), out.iou
+
+
+def test_many_prompts_per_window_give_the_same_objects_as_the_plain_path(synth):
+    """Cropped masks from the fast decoder path = window-sized masks from the plain path, cropped."""
+    s, _ = synth
+    rng = np.random.default_rng(5)
+    jobs = []
+    with open_slide(s.path) as slide:
+        for w, centre in enumerate([(3000.0, 2500.0), (1500.0, 1200.0)]):
+            pair = slide.patch_pair(centre, 256, 1.0, 2.0)
+            hr, lr = slide.read_patch_pair(pair)
+            xy = rng.uniform(-220, 180, (40, 2)) + centre
+            size = rng.uniform(4, 90, (40, 2))
+            prompts = [Prompt(s.slide_id, 100 * w + i, box_l0_px=(x, y, x + a, y + b))
+                       for i, ((x, y), (a, b)) in enumerate(zip(xy, size))]
+            prompts += [Prompt(s.slide_id, 100 * w + 50 + i, points_l0_px=((x, y), (x + 30, y - 20)), point_labels=(1, 0))
+                        for i, (x, y) in enumerate(xy[:6])]
+            jobs.append(WindowJob(Window(s.slide_id, w, 0, pair, tuple(p.prompt_id for p in prompts)), hr, lr,
+                                  prompts))
+    predictor = wsisam.WsiSamPredictor(make_model("vit_test", seed=2), device="cpu")
+    fast = WsiSamSegmenter(predictor).segment(jobs)
+    reference = ReferenceWsiSamSegmenter(predictor)
+    plain = reference.segment(jobs)
+    assert reference.ties_flipped <= 10  # of 92 x 256 x 256 pixels
+    assert len(fast) == len(plain) > 60
+    for a, b in zip(fast, plain):
+        assert (a.prompt_id, a.origin_l0_px, a.mask.shape) == (b.prompt_id, b.origin_l0_px, b.mask.shape)
+        np.testing.assert_array_equal(a.mask, b.mask)
+        assert a.score == pytest.approx(b.score, abs=1e-6) and a.extra == b.extra

@@ -265,3 +265,54 @@ def test_skipping_lr_masks_keeps_hr_masks(predictor):
     hr_only = predictor.predict(boxes=BOXES, pair_index=[0, 1, 2, 1], return_lr=False)
     assert hr_only.lr_logits is None and hr_only.lr_masks is None
     np.testing.assert_allclose(full.hr_logits, hr_only.hr_logits, atol=1e-6)
+
+
+# --- the fast HR-only decoder path equals the plain one --------------------------------------
+@pytest.fixture(scope="module", params=["vit_test", "vit_tiny_test"])
+def encoded(request):
+    model = make_model(request.param, seed=4)
+    hr_img, lr_img = (torch.from_numpy(a) for a in random_pair(np.random.default_rng(0), 256, n=3))
+    with torch.inference_mode():
+        hr, lr = model.encode(hr_img), model.encode(lr_img)
+        return model, hr, lr, *model.image_features(hr, lr)
+
+
+@pytest.mark.parametrize("n", [1, 8, 32])
+@pytest.mark.parametrize("kind", ["boxes", "points", "boxes+masks"])
+def test_fast_hr_path_equals_reference(encoded, kind, n):
+    model, hr, lr, hr_f, lr_f = encoded
+    rng = np.random.default_rng(n)
+    xy = rng.uniform(0, 200, (n, 2))
+    masks = torch.as_tensor(rng.normal(0, 4, (n, 1, 64, 64)), dtype=torch.float32) if "masks" in kind else None
+    if kind == "points":
+        prompts = PromptBatch(points=torch.as_tensor(np.stack([xy, xy + 30], 1), dtype=torch.float32),
+                              point_labels=torch.tensor([[1, 0]] * n))
+    else:
+        prompts = PromptBatch(boxes=torch.as_tensor(np.hstack([xy, xy + rng.uniform(2, 55, (n, 2))]),
+                                                    dtype=torch.float32), mask_inputs=masks)
+    for idx in (torch.zeros(n, dtype=torch.long), torch.as_tensor(rng.integers(0, 3, n))):
+        with torch.inference_mode():
+            ref = model.forward_wsi(EncodedImages(hr.embeddings[idx], None), hr_f[idx],
+                                    EncodedImages(lr.embeddings[idx], None), lr_f[idx], prompts, prompts.to_lr(256, 2.0))
+            fast, iou = model.forward_hr(hr, hr_f, lr, lr_f, idx, prompts, prompts.to_lr(256, 2.0))
+        torch.testing.assert_close(fast, ref.hr_logits, rtol=0, atol=1e-5)
+        torch.testing.assert_close(iou, ref.iou, rtol=0, atol=1e-5)
+        assert ref.hr_logits.std() > 0.01
+
+
+def test_predictor_fast_path_and_crops_equal_reference(predictor):
+    pairs = [0, 1, 2, 1]
+    ref = predictor.predict(boxes=BOXES, pair_index=pairs, return_lr=False, reference=True)
+    fast = predictor.predict(boxes=BOXES, pair_index=pairs, return_lr=False)
+    np.testing.assert_allclose(fast.hr_logits, ref.hr_logits, rtol=0, atol=1e-5)
+    np.testing.assert_allclose(fast.iou, ref.iou, rtol=0, atol=1e-5)
+    crops, iou = predictor.predict_mask_crops(boxes=BOXES, pair_index=pairs)
+    np.testing.assert_allclose(iou, ref.iou, rtol=0, atol=1e-5)
+    for crop, mask, logits in zip(crops, ref.hr_masks, ref.hr_logits):
+        whole = np.zeros_like(mask)
+        if crop is not None:
+            h, w = crop.mask.shape
+            assert crop.mask[0].any() and crop.mask[-1].any() and crop.mask[:, 0].any() and crop.mask[:, -1].any()
+            whole[crop.row0_px:crop.row0_px + h, crop.col0_px:crop.col0_px + w] = crop.mask
+        sure = np.abs(logits) > 1e-5
+        np.testing.assert_array_equal(whole[sure], mask[sure])

@@ -36,6 +36,31 @@ class WsiSamPrediction:
         return None if self.lr_logits is None else self.lr_logits > 0.0
 
 
+@dataclass
+class MaskCrop:
+    """A mask cropped to its foreground: ``mask`` (h, w) bool, whose top-left pixel is pixel
+    (``row0_px``, ``col0_px``) of the patch."""
+
+    row0_px: int
+    col0_px: int
+    mask: np.ndarray
+
+
+def foreground_crops(masks: torch.Tensor) -> list[MaskCrop | None]:
+    """(n, S, S) bool masks (any device) -> each cropped to its foreground's bounding box, on the CPU."""
+    rows, cols = masks.any(dim=2).cpu().numpy(), masks.any(dim=1).cpu().numpy()
+    out: list[MaskCrop | None] = []
+    for k in range(len(masks)):
+        r, c = np.flatnonzero(rows[k]), np.flatnonzero(cols[k])
+        if r.size == 0:
+            out.append(None)
+            continue
+        # A copy: on the CPU a view would keep the whole batch's masks alive.
+        crop = masks[k, r[0]:r[-1] + 1, c[0]:c[-1] + 1].cpu().numpy().copy()
+        out.append(MaskCrop(int(r[0]), int(c[0]), crop))
+    return out
+
+
 class WsiSamPredictor:
     """Predict WSI-SAM masks for prompts on concentric HR/LR patch pairs.
 
@@ -148,37 +173,76 @@ class WsiSamPredictor:
             return t[idx[0]:idx[0] + 1].expand(len(idx), *t.shape[1:])
         return t.index_select(0, idx)
 
-    def _upsample(self, low: torch.Tensor) -> np.ndarray:
-        up = F.interpolate(low.float(), (self.img_px, self.img_px), mode="bilinear", align_corners=False)
-        return up[:, 0].cpu().numpy()
+    def _upsample(self, low: torch.Tensor) -> torch.Tensor:
+        """(n, 1, L, L) low-res logits -> (n, S, S) float32 on the device."""
+        return F.interpolate(low.float(), (self.img_px, self.img_px), mode="bilinear", align_corners=False)[:, 0]
+
+    def _prompts(self, boxes, points, point_labels, mask_inputs, pair_index) -> tuple[PromptBatch, torch.Tensor]:
+        prompts = PromptBatch.from_arrays(self.img_px, self.low_res_px, boxes, points, point_labels, mask_inputs,
+                                          device=self.device)
+        return prompts, self._pair_index(pair_index, len(prompts))
+
+    def _decode(self, prompts: PromptBatch, idx: torch.Tensor, add_sam_logits, return_lr: bool, reference: bool):
+        """Yield (prompt slice, HR low-res logits, LR low-res logits or None, IoU) per decoder batch.
+
+        HR only (``return_lr=False``) takes :meth:`WsiSam.forward_hr` on the images of the batch;
+        ``reference=True`` takes :meth:`WsiSam.forward_wsi`, the plain computation it must equal."""
+        for start in range(0, len(prompts), self.max_prompts_per_batch):
+            sl = slice(start, start + self.max_prompts_per_batch)
+            hr_p, i = prompts.select(sl), idx[sl]
+            lr_p = hr_p.to_lr(self.img_px, self.scale_ratio)
+            with self._autocast():
+                if return_lr or reference:
+                    o = self.model.forward_wsi(
+                        EncodedImages(self._rows(self._hr.embeddings, i), None), self._rows(self._hr_features, i),
+                        EncodedImages(self._rows(self._lr.embeddings, i), None), self._rows(self._lr_features, i),
+                        hr_p, lr_p, add_sam_logits=add_sam_logits, lr_mask=return_lr)
+                    yield sl, o.hr_logits.float(), None if o.lr_logits is None else o.lr_logits.float(), o.iou.float()
+                    continue
+                used, rows = torch.unique(i, return_inverse=True)
+                hr, iou = self.model.forward_hr(
+                    EncodedImages(self._hr.embeddings[used], None), self._hr_features[used],
+                    EncodedImages(self._lr.embeddings[used], None), None, rows, hr_p, lr_p, add_sam_logits)
+            yield sl, hr.float(), None, iou.float()
 
     @torch.inference_mode()
     def predict(self, boxes=None, points=None, point_labels=None, mask_inputs=None, pair_index=None,
-                add_sam_logits: bool | None = None, return_lr: bool = True) -> WsiSamPrediction:
+                add_sam_logits: bool | None = None, return_lr: bool = True, reference: bool = False
+                ) -> WsiSamPrediction:
         """WSI-SAM masks for N prompts (HR pixel coordinates), prompt i on pair ``pair_index[i]``.
 
         boxes (N, 4); points (N, P, 2) with point_labels (N, P); mask_inputs (N, 1, L, L) logits
         over the HR patch. Prompt i at HR is paired with the same prompt mapped into LR.
-        ``return_lr=False`` skips the LR masks (the LR token still shapes the HR mask) and saves
-        about a third of the decoder's time.
+        ``return_lr=False`` skips the LR masks (the LR token still shapes the HR mask) and takes the
+        faster HR-only decoder path; ``reference=True`` forces the plain path (same HR logits).
+        The outputs hold N x S x S floats: for many prompts prefer :meth:`predict_mask_crops`.
         """
-        prompts = PromptBatch.from_arrays(self.img_px, self.low_res_px, boxes, points, point_labels, mask_inputs,
-                                          device=self.device)
-        idx = self._pair_index(pair_index, len(prompts))
-        outs = []
-        for start in range(0, len(prompts), self.max_prompts_per_batch):
-            sl = slice(start, start + self.max_prompts_per_batch)
-            hr_p, i = prompts.select(sl), idx[sl]
-            with self._autocast():
-                outs.append(self.model.forward_wsi(
-                    EncodedImages(self._rows(self._hr.embeddings, i), None), self._rows(self._hr_features, i),
-                    EncodedImages(self._rows(self._lr.embeddings, i), None), self._rows(self._lr_features, i),
-                    hr_p, hr_p.to_lr(self.img_px, self.scale_ratio), add_sam_logits=add_sam_logits,
-                    lr_mask=return_lr))
-        hr = torch.cat([o.hr_logits for o in outs]).float()
-        lr = self._upsample(torch.cat([o.lr_logits for o in outs]).float()) if return_lr else None
-        iou = torch.cat([o.iou for o in outs]).float()
-        return WsiSamPrediction(self._upsample(hr), lr, iou.cpu().numpy(), hr[:, 0].cpu().numpy())
+        prompts, idx = self._prompts(boxes, points, point_labels, mask_inputs, pair_index)
+        n, s, low = len(prompts), self.img_px, self.low_res_px
+        hr_logits, low_res = np.empty((n, s, s), np.float32), np.empty((n, low, low), np.float32)
+        lr_logits = np.empty((n, s, s), np.float32) if return_lr else None
+        iou = np.empty(n, np.float32)
+        for sl, hr, lr, score in self._decode(prompts, idx, add_sam_logits, return_lr, reference):
+            hr_logits[sl] = self._upsample(hr).cpu().numpy()
+            low_res[sl] = hr[:, 0].cpu().numpy()
+            iou[sl] = score.cpu().numpy()
+            if return_lr:
+                lr_logits[sl] = self._upsample(lr).cpu().numpy()
+        return WsiSamPrediction(hr_logits, lr_logits, iou, low_res)
+
+    @torch.inference_mode()
+    def predict_mask_crops(self, boxes=None, points=None, point_labels=None, mask_inputs=None, pair_index=None,
+                           add_sam_logits: bool | None = None) -> tuple[list[MaskCrop | None], np.ndarray]:
+        """Each prompt's HR mask (logit > 0, as :meth:`predict`'s ``hr_masks``) cropped to its
+        foreground (None when empty), and SAM's IoU (N,). Memory stays at one decoder batch of
+        S x S logits, whatever N."""
+        prompts, idx = self._prompts(boxes, points, point_labels, mask_inputs, pair_index)
+        crops: list[MaskCrop | None] = []
+        ious = []
+        for _, hr, _, score in self._decode(prompts, idx, add_sam_logits, False, False):
+            crops.extend(foreground_crops(self._upsample(hr) > 0.0))
+            ious.append(score.cpu().numpy())
+        return crops, np.concatenate(ious)
 
     @torch.inference_mode()
     def predict_sam(self, boxes=None, points=None, point_labels=None, mask_inputs=None, pair_index=None,
@@ -188,9 +252,8 @@ class WsiSamPredictor:
         Returns logits (N, K, S, S) and predicted IoU (N, K), K = 3 with ``multimask_output`` else 1,
         as ``segment_anything.SamPredictor.predict_torch`` with ``return_logits=True``.
         """
-        prompts = PromptBatch.from_arrays(self.img_px, self.low_res_px, boxes, points, point_labels, mask_inputs,
-                                          device=self.device)
-        idx = self._pair_index(pair_index, len(prompts)).cpu().numpy()
+        prompts, idx = self._prompts(boxes, points, point_labels, mask_inputs, pair_index)
+        idx = idx.cpu().numpy()
         k = 3 if multimask_output else 1
         logits = np.zeros((len(prompts), k, self.img_px, self.img_px), np.float32)
         ious = np.zeros((len(prompts), k), np.float32)

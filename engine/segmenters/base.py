@@ -65,9 +65,16 @@ def mask_to_object(mask_hr: np.ndarray, prompt: Prompt, window: Window, score: f
         return None
     cols = np.flatnonzero(mask_hr.any(axis=0))
     r0, r1, c0, c1 = rows[0], rows[-1] + 1, cols[0], cols[-1] + 1
-    origin = window.pair.points_hr_px_to_l0(np.array([c0, r0], dtype=np.float64))
+    return crop_to_object(mask_hr[r0:r1, c0:c1], int(r0), int(c0), prompt, window, score)
+
+
+def crop_to_object(crop: np.ndarray, row0_px: int, col0_px: int, prompt: Prompt, window: Window,
+                   score: float) -> ObjectMask:
+    """An HR mask already cropped to its foreground, top-left at (row0_px, col0_px) of the window's
+    HR patch, placed on the slide."""
+    origin = window.pair.points_hr_px_to_l0(np.array([col0_px, row0_px], dtype=np.float64))
     return ObjectMask(
-        slide_id=window.slide_id, prompt_id=prompt.prompt_id, mask=np.ascontiguousarray(mask_hr[r0:r1, c0:c1]),
+        slide_id=window.slide_id, prompt_id=prompt.prompt_id, mask=np.ascontiguousarray(crop),
         origin_l0_px=(float(origin[0]), float(origin[1])), mask_mpp=window.pair.hr_mpp, score=float(score),
         class_name=prompt.class_name, extra={"window_id": window.window_id, "level": window.level},
     )

@@ -9,7 +9,7 @@ import numpy as np
 import wsisam
 
 from ..records import ObjectMask
-from .base import WindowJob, group_by_kind, mask_to_object, prompt_arrays_hr_px
+from .base import WindowJob, crop_to_object, group_by_kind, mask_to_object, prompt_arrays_hr_px
 
 
 class WsiSamSegmenter:
@@ -44,7 +44,11 @@ class WsiSamSegmenter:
             masks, scores = self._predict([flat[i] for i in idx], jobs)
             for i, mask, score in zip(idx, masks, scores):
                 k, prompt = flat[i]
-                results[i] = mask_to_object(mask, prompt, jobs[k].window, score)
+                if mask is None or isinstance(mask, wsisam.MaskCrop):  # a foreground crop, or empty
+                    results[i] = mask and crop_to_object(mask.mask, mask.row0_px, mask.col0_px, prompt,
+                                                         jobs[k].window, score)
+                else:
+                    results[i] = mask_to_object(mask, prompt, jobs[k].window, score)
         self.timings["encode"] += t1 - t0
         self.timings["decode"] += time.perf_counter() - t1
         return [results[i] for i in range(len(flat)) if results[i] is not None]
@@ -58,5 +62,6 @@ class WsiSamSegmenter:
         if self.mode == "sam":
             logits, iou = self.predictor.predict_sam(pair_index=pair_index, **kw)
             return logits[:, 0] > 0, iou[:, 0]
-        out = self.predictor.predict(pair_index=pair_index, return_lr=False, **kw)
-        return out.hr_masks, out.iou
+        # Masks come back cropped to their foreground, one decoder batch at a time: memory does
+        # not grow with the number of prompts times the window area.
+        return self.predictor.predict_mask_crops(pair_index=pair_index, **kw)

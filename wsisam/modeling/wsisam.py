@@ -10,6 +10,7 @@ from torch import nn
 
 from ..config import WsiSamConfig
 from ..prompts import PromptBatch
+from .fast_decoder import decoder_tokens, folded_fusion_logits
 from .tiny_vit import TinyViT
 from .vit_encoder import ViTFeatureEncoder
 from .wsi_decoder import WsiMaskDecoder
@@ -154,6 +155,44 @@ class WsiSam(nn.Module):
         if self.config.add_sam_logits if add_sam_logits is None else add_sam_logits:
             hr_logits = hr_logits + out_hr.sam_logits
         return WsiSamOutput(hr_logits, lr_logits, out_hr.sam_logits, out_hr.iou)
+
+    def forward_hr(self, hr: EncodedImages, hr_features: torch.Tensor, lr: EncodedImages, lr_features: torch.Tensor,
+                   idx: torch.Tensor, hr_prompts: PromptBatch, lr_prompts: PromptBatch,
+                   add_sam_logits: bool | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """HR logits (N, 1, L, L) and SAM's IoU (N,), equal to :meth:`forward_wsi`'s ``hr_logits`` and
+        ``iou`` (the reference) but with less work: see :mod:`wsisam.modeling.fast_decoder`.
+
+        ``hr``/``lr`` and their fused features have one row per image (``lr_features`` is unused: the
+        LR mask is not made); idx (N,) is the image row of each prompt.
+        """
+        del lr_features
+        pe = self.prompt_encoder.get_dense_pe().flatten(2).transpose(1, 2)
+        dec_hr, dec_lr = self.mask_decoder_hr, self.mask_decoder_lr
+        hf = 1 + dec_hr.num_mask_tokens
+        hr_tokens, keys = decoder_tokens(dec_hr, *self._image_src(hr, hr_prompts, idx), pe, [0, 1, hf])
+        lr_tokens, _ = decoder_tokens(dec_lr, *self._image_src(lr, lr_prompts, idx), pe, [hf])
+        token = dec_hr.hf_mlp(hr_tokens[:, 2]) + dec_lr.hf_mlp(lr_tokens[:, 0])
+        if self.config.token_aggregation == "mean":
+            token = token / 2
+        n, hw, c = keys.shape
+        g = self.config.embedding_px
+        upscaled = dec_hr.output_upscaling(keys.transpose(1, 2).reshape(n, c, g, g))
+        logits = folded_fusion_logits(dec_hr, token, upscaled, hr_features, idx)
+        if self.config.add_sam_logits if add_sam_logits is None else add_sam_logits:
+            logits = logits + self._apply_token(dec_hr.output_hypernetworks_mlps[0](hr_tokens[:, 1]), upscaled)
+        return logits, dec_hr.iou_prediction_head(hr_tokens[:, 0])[:, 0]
+
+    def _image_src(self, images: EncodedImages, prompts: PromptBatch, idx: torch.Tensor
+                   ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """The decoder's image side (rows, HW, D), its row per prompt, and the sparse prompt
+        embeddings: one row per image when no prompt has a mask input (the dense embedding is then
+        the same for all), else one per prompt."""
+        sparse, dense = self.embed_prompts(prompts)
+        if prompts.mask_inputs is None:
+            src = images.embeddings + dense[:1]
+        else:
+            src, idx = images.embeddings[idx] + dense, torch.arange(len(idx), device=idx.device)
+        return src.flatten(2).transpose(1, 2), sparse, idx
 
     def image_features(self, hr: EncodedImages, lr: EncodedImages) -> tuple[torch.Tensor, torch.Tensor]:
         """Per-image fusion inputs for each decoder, (B, D/8, 4g, 4g) each."""
