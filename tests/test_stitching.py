@@ -467,3 +467,12 @@ def test_outlines_from_the_label_image_burn_back_to_its_pixels(tmp_path, rng):
         assert poly.area == (label == oid).sum() * L0_PER_LABEL**2
     for a, b in itertools.combinations(outlines.values(), 2):
         assert a.intersection(b).area == 0
+
+
+def test_block_tracing_keeps_ids_above_int32_and_grid_offsets():
+    from engine.stitching.polygons import label_block_polygons
+
+    block = np.zeros((6, 6), np.uint32)
+    block[1:3, 1:4], block[4:6, 0:2] = 2**32 - 2, 7
+    got = sorted((k, p.area, p.bounds) for k, p in label_block_polygons(block, (10, 20)))
+    assert got == [(7, 4.0, (20.0, 14.0, 22.0, 16.0)), (2**32 - 2, 6.0, (21.0, 11.0, 24.0, 13.0))]

@@ -49,13 +49,17 @@ def label_block_polygons(block: np.ndarray, origin_rc: tuple[int, int]) -> Itera
     integers (x = column, y = row), so parts of one object traced in neighbouring blocks share
     exact edges and union cleanly.
     """
-    if not block.any():
+    top = int(block.max())
+    if top == 0:
         return
-    ids, inverse = np.unique(block, return_inverse=True)  # rasterio traces int32, labels are uint32
-    small = inverse.reshape(block.shape).astype(np.int32)
+    if top <= np.iinfo(np.int32).max:  # rasterio traces int32; labels are uint32
+        ids, small = None, block.astype(np.int32)
+    else:
+        ids, inverse = np.unique(block, return_inverse=True)
+        small = inverse.reshape(block.shape).astype(np.int32)
     transform = Affine.translation(float(origin_rc[1]), float(origin_rc[0]))
     for geom, k in shapes(small, mask=block > 0, connectivity=4, transform=transform):
-        yield int(ids[int(k)]), shape(geom)
+        yield (int(k) if ids is None else int(ids[int(k)])), shape(geom)
 
 
 def union_parts(parts: list[Polygon]) -> Polygonal:
