@@ -7,6 +7,7 @@ The stages are separate functions over plain records so that an executor (this m
     read_jobs()       windows -> WindowJob (pixels read from the slide)
     segmenter         WindowJob batch -> ObjectMask records
     SlideWriter       ObjectMask records -> labels.ome.zarr + objects.parquet + objects.geojson
+                      (+ prompts.geojson, summary.json); polygons are traced from the label image
 
 Outputs of a slide appear whole or not at all: everything is written into
 ``<output_dir>/.<slide_id>.partial/`` and renamed to ``<output_dir>/<slide_id>/`` at the end.
@@ -29,14 +30,16 @@ from .records import ObjectMask, Prompt
 from .scheduler import ScheduleConfig, Window, schedule_stats, schedule_windows
 from .segmenters import WindowJob, WindowSegmenter
 from .slides import Slide, SlideInfo
-from .stitching import LabelImageWriter, object_polygon, write_geoparquet, write_qupath_geojson
+from .prompts import write_prompts_geojson
+from .stitching import LabelImageWriter, write_geoparquet, write_qupath_geojson
 from .stitching.mask_cleaning import clean_mask
-from .stitching.polygons import object_row, rows_to_geodataframe
+from .stitching.polygons import SLIDE_COLUMNS, rows_to_geodataframe
 
 LABELS_NAME = "labels.ome.zarr"
 PARQUET_NAME = "objects.parquet"
 GEOJSON_NAME = "objects.geojson"
-#: SlideWriter.timings keys: label image painting, polygons, then the three outputs at commit.
+PROMPTS_NAME = "prompts.geojson"  # every prompt segmented, with its prompt_id (objects refer to it)
+#: SlideWriter.timings keys: label image painting (add), then at commit polygons and the three outputs.
 WRITER_STAGES = ("stitch_labels", "vectorise", "write_pyramid", "write_parquet", "write_geojson")
 
 
@@ -98,6 +101,10 @@ class SlideResult:
     @property
     def geojson_path(self) -> Path:
         return Path(self.output_dir) / GEOJSON_NAME
+
+    @property
+    def prompts_path(self) -> Path:
+        return Path(self.output_dir) / PROMPTS_NAME
 
     def geodataframe(self) -> gpd.GeoDataFrame:
         return gpd.read_parquet(self.parquet_path)
@@ -161,28 +168,56 @@ class SlideWriter:
         t0 = time.perf_counter()
         px_um2 = obj.mask_mpp**2
         obj.mask = clean_mask(obj.mask, self.cfg.min_area_um2 / px_um2, self.cfg.min_hole_um2 / px_um2)
-        if not obj.mask.any():
-            return
-        self.labels.add(obj)
-        t1 = time.perf_counter()
-        geom = object_polygon(obj, self.slide_mpp, min_area_um2=self.cfg.min_area_um2)
-        if geom is not None:  # only the outline is kept; the pixels are in the label image
-            self.rows.append(object_row(obj, geom, self.slide_mpp))
-        self.timings["stitch_labels"] += t1 - t0
-        self.timings["vectorise"] += time.perf_counter() - t1
+        if obj.mask.any():
+            self.labels.add(obj)
+        self.timings["stitch_labels"] += time.perf_counter() - t0
 
-    def commit(self, summary: dict) -> Path:
+    def object_rows(self) -> tuple[list[dict], dict]:
+        """One row per object with pixels left in the label image, traced from those pixels.
+
+        The overlap rule has run by now, so polygons do not overlap and each one's area is its
+        label pixel count times the label pixel area. An object whose pixels all went to
+        neighbours (or that fell outside the slide) gets no row; fragments a neighbour left are
+        kept whatever their size, so polygons and pixels stay one truth. Returns the rows and
+        the counts for ``summary.json``.
+        """
+        outlines = self.labels.outlines_l0_px()
+        label_px_um2 = self.labels.grid.label_mpp**2
+        rows = []
+        for oid, e in self.labels.entries.items():
+            geom = outlines.get(oid)
+            if geom is None:
+                continue
+            rows.append({"object_id": oid, "prompt_id": e.prompt_id, "class_name": e.class_name, "score": e.score,
+                         "area_um2": float(geom.area * self.slide_mpp**2),
+                         "area_raw_um2": float(e.n_px_raw * label_px_um2),
+                         "lost_to_neighbour": e.n_px < e.n_px_raw, "geometry": geom})
+        counts = {"polygons": len(rows), "objects_without_pixels": len(self.labels.entries) - len(rows),
+                  "objects_lost_to_neighbour": sum(r["lost_to_neighbour"] for r in rows),
+                  "rule": "polygons are traced from the label image after the overlap rule; an object left "
+                          "with no pixel has no polygon"}
+        return rows, counts
+
+    def commit(self, summary: dict, prompts: list[Prompt]) -> Path:
+        """Trace polygons from the label image, write every output and publish the slide folder.
+
+        ``prompts``: the plan's prompts (each segmented once), written to ``prompts.geojson``.
+        """
         t0 = time.perf_counter()
-        self.labels.close()
+        rows, summary["vectors"] = self.object_rows()
         t1 = time.perf_counter()
-        gdf = rows_to_geodataframe(self.rows)
-        write_geoparquet(gdf, self.partial / PARQUET_NAME)
+        self.labels.close()
         t2 = time.perf_counter()
-        write_qupath_geojson(gdf, self.partial / GEOJSON_NAME, object_type=self.cfg.geojson_object_type)
+        gdf = rows_to_geodataframe(rows, SLIDE_COLUMNS)
+        write_geoparquet(gdf, self.partial / PARQUET_NAME)
         t3 = time.perf_counter()
-        self.timings["write_pyramid"] += t1 - t0
-        self.timings["write_parquet"] += t2 - t1
-        self.timings["write_geojson"] += t3 - t2
+        write_qupath_geojson(gdf, self.partial / GEOJSON_NAME, object_type=self.cfg.geojson_object_type)
+        t4 = time.perf_counter()
+        write_prompts_geojson(prompts, self.partial / PROMPTS_NAME, slide_column=None, id_column="prompt_id")
+        self.timings["vectorise"] += t1 - t0
+        self.timings["write_pyramid"] += t2 - t1
+        self.timings["write_parquet"] += t3 - t2
+        self.timings["write_geojson"] += t4 - t3
         (self.partial / SUMMARY_NAME).write_text(json.dumps(summary, indent=2))
         old = None
         if self.final.exists():  # a slide redone with --overwrite: the old outputs go only once the new are in
@@ -242,7 +277,8 @@ def segment_slide(slide: Slide, prompts: list[Prompt], segmenter: WindowSegmente
         result.empty_masks = result.prompts - result.objects
         a = time.perf_counter()
         result.timings_s = t
-        writer.commit(summary_dict(result, slide.info(), asdict(schedule), asdict(output), segmenter.name))
+        writer.commit(summary_dict(result, slide.info(), asdict(schedule), asdict(output), segmenter.name),
+                      plan.prompts)
         t["write"] = time.perf_counter() - a
         t.update(writer.timings)  # the breakdown of stitch and write (not in summary.json)
     except BaseException:

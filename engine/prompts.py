@@ -753,7 +753,8 @@ def _class_color(name: str) -> list[int]:
 
 
 def write_prompts_geojson(
-    prompts: Iterable[Prompt], path: str | Path, slide_column: str | None = "slide_id"
+    prompts: Iterable[Prompt], path: str | Path, slide_column: str | None = "slide_id",
+    id_column: str | None = None,
 ) -> Path:
     """Write prompts as a QuPath-style GeoJSON FeatureCollection (level-0 px, no CRS).
 
@@ -761,7 +762,8 @@ def write_prompts_geojson(
     annotation with ``label`` (all points alike) or ``point_labels``. A prompt written as
     two features (box and points) gets ``properties.group = "<slide>:<prompt_id>"``. The
     class is ``properties.classification = {name, color}``; ``slide_column`` (unless None)
-    holds the slide id. :func:`read_prompts` reads the file back to the same prompts.
+    holds the slide id; ``id_column`` (unless None) the ``prompt_id``. :func:`read_prompts` reads
+    the file back to the same prompts (ids renumbered 0..N-1 in file order).
     """
     path = Path(path)
     features = []
@@ -773,6 +775,8 @@ def write_prompts_geojson(
             base["classification"] = {"name": p.class_name, "color": _class_color(p.class_name)}
         if slide_column is not None:
             base[slide_column] = p.slide_id
+        if id_column is not None:
+            base[id_column] = int(p.prompt_id)
         if p.box_l0_px is not None and p.points_l0_px:
             base["group"] = f"{p.slide_id}:{p.prompt_id}"
         if p.box_l0_px is not None:

@@ -4,18 +4,21 @@ import warnings
 
 import geopandas as gpd
 import numpy as np
+import pandas as pd
 import pytest
 import rasterio.features
 import shapely
+import shapely.affinity
+import shapely.geometry
 import torch
 import zarr
 from affine import Affine
 
 import wsisam
 from conftest import make_model
-from engine.pipeline import OutputConfig, segment_slide
+from engine.pipeline import OutputConfig, SlideWriter, segment_slide
 from engine.prompts import read_prompts
-from engine.records import Prompt
+from engine.records import ObjectMask, Prompt
 from engine.scheduler import ScheduleConfig, Window, schedule_stats, schedule_windows
 from engine.segmenters import TruthSegmenter, WindowJob, WsiSamSegmenter, prompt_arrays_hr_px
 from engine.slides import open_slide
@@ -274,3 +277,123 @@ def test_many_prompts_per_window_give_the_same_objects_as_the_plain_path(synth):
         assert (a.prompt_id, a.origin_l0_px, a.mask.shape) == (b.prompt_id, b.origin_l0_px, b.mask.shape)
         np.testing.assert_array_equal(a.mask, b.mask)
         assert a.score == pytest.approx(b.score, abs=1e-6) and a.extra == b.extra
+
+
+# -- one truth per pixel: polygons are traced from the label image after the overlap rule ---------
+
+
+def label_px_counts(labels: np.ndarray) -> dict[int, int]:
+    ids, counts = np.unique(labels, return_counts=True)
+    return {int(i): int(n) for i, n in zip(ids, counts) if i != 0}
+
+
+def assert_one_truth(result, label_mpp: float, slide_mpp: float) -> tuple[float, float]:
+    """No two polygons overlap; each polygon's area is its label pixels x pixel area (<= 1%).
+
+    Returns (total pairwise overlap in level-0 px², worst relative area difference)."""
+    gdf = result.geodataframe()
+    assert gdf.geometry.is_valid.all()
+    left, right = gdf.sindex.query(gdf.geometry, predicate="intersects")
+    pairs = left < right
+    overlap = float(sum(gdf.geometry.iloc[i].intersection(gdf.geometry.iloc[j]).area
+                        for i, j in zip(left[pairs], right[pairs])))
+    assert overlap == 0.0
+    counts = label_px_counts(label_s0(result))
+    assert set(counts) == set(gdf.object_id)  # every object with pixels has a polygon, and only those
+    worst = 0.0
+    for row in gdf.itertuples():
+        want = counts[row.object_id] * label_mpp**2
+        assert row.area_um2 == pytest.approx(row.geometry.area * slide_mpp**2)
+        worst = max(worst, abs(row.area_um2 - want) / want)
+    assert worst <= 0.01
+    return overlap, worst
+
+
+@pytest.fixture(scope="module")
+def overlap_run(synth, tmp_path_factory):
+    """The synthetic truth plus a copy of each object shifted by a third of its width: the copies
+    (higher prompt ids, same score 1.0) lose the shared pixels to the originals."""
+    s, _ = synth
+    t = s.truth.sort_values("object_id").reset_index(drop=True)
+    shift = (t.geometry.bounds.maxx - t.geometry.bounds.minx) / 3
+    copies = t.copy()
+    copies["geometry"] = [shapely.affinity.translate(g, dx) for g, dx in zip(t.geometry, shift)]
+    truth = gpd.GeoDataFrame(pd.concat([t, copies], ignore_index=True), geometry="geometry", crs=None)
+    prompts = [Prompt(s.slide_id, i, box_l0_px=tuple(map(float, g.bounds)), class_name=c)
+               for i, (g, c) in enumerate(zip(truth.geometry, truth.class_name))]
+    with open_slide(s.path) as slide:
+        res = segment_slide(slide, prompts, TruthSegmenter(truth), tmp_path_factory.mktemp("overlap"), SCHEDULE)
+    return res, truth
+
+
+def test_polygons_do_not_overlap_and_match_label_pixels(synth, overlap_run, truth_run):
+    res, truth = overlap_run
+    overlap, worst = assert_one_truth(res, SCHEDULE.hr_mpp, synth[0].mpp)
+    print(f"overlapping truth: pairwise overlap {overlap} px², worst area difference {worst:.2e}")
+    assert_one_truth(truth_run, SCHEDULE.hr_mpp, synth[0].mpp)
+    gdf = res.geodataframe().set_index("prompt_id")
+    n = len(truth) // 2
+    originals, copies = gdf.loc[gdf.index < n], gdf.loc[gdf.index >= n]
+    assert copies.lost_to_neighbour.all()  # each copy overlaps its original, which wins the tie (lower id)
+    assert (copies.area_raw_um2 > copies.area_um2 * 1.05).all()
+    lost = originals[originals.lost_to_neighbour]
+    assert (originals.area_raw_um2[~originals.lost_to_neighbour] == originals.area_um2[~originals.lost_to_neighbour]).all()
+    assert (lost.area_raw_um2 > lost.area_um2).all()
+    # raw area is the object's own (pixelised) mask, final area what the overlap rule left it
+    truth_area_um2 = truth.geometry.area * synth[0].mpp**2
+    rel = (copies.area_raw_um2 - truth_area_um2.loc[copies.index].values).abs() / copies.area_raw_um2
+    assert rel.max() < 0.1, rel
+    summary = json.loads((res.labels_path.parent / "summary.json").read_text())
+    assert summary["vectors"]["polygons"] == len(gdf)
+    assert summary["vectors"]["objects_lost_to_neighbour"] == int(gdf.lost_to_neighbour.sum())
+
+
+def test_prompts_geojson_lists_every_prompt_with_its_id(synth, overlap_run):
+    res, truth = overlap_run
+    fc = json.loads(res.prompts_path.read_text())
+    feats = fc["features"]
+    assert "crs" not in fc and len(feats) == len(truth) == res.prompts
+    assert [f["properties"]["prompt_id"] for f in feats] == list(range(len(truth)))
+    gdf = res.geodataframe()
+    boxes = {f["properties"]["prompt_id"]: shapely.geometry.shape(f["geometry"]).bounds for f in feats}
+    assert set(gdf.prompt_id) <= set(boxes)  # objects refer to their prompt by prompt_id
+    w, h = synth[0].width_l0_px, synth[0].height_l0_px
+    clipped = np.clip(np.array([g.bounds for g in truth.geometry]), 0, [w, h, w, h])  # the plan clips to the slide
+    np.testing.assert_allclose([boxes[pid] for pid in range(len(truth))], clipped, atol=1e-6)
+    assert {f["properties"]["classification"]["name"] for f in feats} == set(truth.class_name)
+    again = read_prompts(res.prompts_path, slide_id=synth[0].slide_id)[synth[0].slide_id]
+    np.testing.assert_allclose([p.box_l0_px for p in again], clipped, atol=1e-6)
+
+
+def test_constructed_overlap_raw_area_and_lost_flag(synth, tmp_path):
+    """Hand-made records across a label chunk corner (label px 1024 = level-0 px 2048): a disc A
+    (score 0.9), a square B it overlaps (0.5), a square C inside A (0.1, loses everything) and
+    an isolated D at a coarser mask pixel size."""
+    s, _ = synth
+    yy, xx = np.mgrid[:100, :100]
+    disc = (yy - 49.5) ** 2 + (xx - 49.5) ** 2 < 40**2
+    square = np.ones((60, 60), bool)
+    records = [  # (prompt_id, mask, origin_l0_px, mask_mpp, score)
+        (0, disc, (1948.0, 1948.0), 1.0, 0.9),
+        (1, square, (2048.0, 2048.0), 1.0, 0.5),
+        (2, np.ones((10, 10), bool), (2038.0, 2038.0), 1.0, 0.1),
+        (3, np.ones((30, 30), bool), (400.0, 400.0), 2.0, 0.3),
+    ]
+    prompts = [Prompt(s.slide_id, pid, box_l0_px=(x, y, x + 10, y + 10), class_name="cell")
+               for pid, _, (x, y), _, _ in records]
+    with open_slide(s.path) as slide:
+        writer = SlideWriter(slide, tmp_path, 1.0, OutputConfig())
+        for pid, mask, origin, mpp, score in records:
+            writer.add(ObjectMask(s.slide_id, pid, mask.copy(), origin, mpp, score, "cell"))
+        folder = writer.commit({}, prompts)
+    gdf = gpd.read_parquet(folder / "objects.parquet").set_index("prompt_id")
+    assert list(gdf.index) == [0, 1, 3]  # C has no pixel left, so no polygon
+    taken = int((disc[50:, 50:] & square[:50, :50]).sum())  # B's pixels inside A (label px = 1 µm²)
+    assert taken > 0
+    assert gdf.loc[0, ["area_raw_um2", "area_um2", "lost_to_neighbour"]].tolist() == [disc.sum()] * 2 + [False]
+    assert gdf.loc[1, ["area_raw_um2", "area_um2", "lost_to_neighbour"]].tolist() == [3600, 3600 - taken, True]
+    assert gdf.loc[3, ["area_raw_um2", "area_um2", "lost_to_neighbour"]].tolist() == [3600, 3600, False]
+    assert gdf.geometry.loc[0].intersection(gdf.geometry.loc[1]).area == 0
+    assert len(gdf.geometry.loc[0].interiors) == 0  # C took none of A's pixels
+    vectors = json.loads((folder / "summary.json").read_text())["vectors"]
+    assert vectors["objects_without_pixels"] == 1 and vectors["polygons"] == 3

@@ -442,3 +442,37 @@ def test_gdal_opens_vector_files(gdf, tmp_path, writer_fn, name, driver):
     out = subprocess.run(["ogrinfo", "-ro", "-so", "-al", str(path)], capture_output=True, text=True, timeout=60)
     assert out.returncode == 0, out.stderr
     assert "Feature Count: 3" in out.stdout
+
+
+def test_outlines_from_the_label_image_burn_back_to_its_pixels(tmp_path, rng):
+    """Overlapping blobs spanning many small chunks: the traced outlines (unioned across chunks)
+    do not overlap, burn back exactly to each object's final pixels, and an object that lost all
+    its pixels has none."""
+    objs = [obj(k, blob(rng, 150), (300 + 90 * k, 250 + 60 * k), mask_mpp=0.75, score=0.5 + 0.05 * (k % 3))
+            for k in range(6)]
+    objs.append(obj(6, np.ones((8, 8)), (500, 420), mask_mpp=1.0, score=0.1))  # inside object 1, loses all
+    path = tmp_path / "labels.ome.zarr"
+    w = writer(path, chunk_px=32)
+    for o in objs:
+        w.add(o)
+    outlines = w.outlines_l0_px()
+    w.close()
+    label = read_level(path)
+    assert set(outlines) == set(np.unique(label)) - {0} and 7 not in outlines
+    assert w.entries[7].n_px == 0 < w.entries[7].n_px_raw
+    for oid, poly in outlines.items():
+        assert poly.is_valid
+        burnt = rasterize([(poly, 1)], out_shape=GRID_SHAPE_PX, transform=Affine.scale(L0_PER_LABEL), dtype="uint8")
+        np.testing.assert_array_equal(burnt.astype(bool), label == oid)
+        assert poly.area == (label == oid).sum() * L0_PER_LABEL**2
+    for a, b in itertools.combinations(outlines.values(), 2):
+        assert a.intersection(b).area == 0
+
+
+def test_block_tracing_keeps_ids_above_int32_and_grid_offsets():
+    from engine.stitching.polygons import label_block_polygons
+
+    block = np.zeros((6, 6), np.uint32)
+    block[1:3, 1:4], block[4:6, 0:2] = 2**32 - 2, 7
+    got = sorted((k, p.area, p.bounds) for k, p in label_block_polygons(block, (10, 20)))
+    assert got == [(7, 4.0, (20.0, 14.0, 22.0, 16.0)), (2**32 - 2, 6.0, (21.0, 11.0, 24.0, 13.0))]

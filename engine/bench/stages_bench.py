@@ -64,11 +64,11 @@ def measure(slide, prompts, segmenter, out: Path, schedule, windows_per_batch: i
     parts = {
         "plan": t["plan"], "read": t["read"], "encode": enc, "decode": dec,
         "segmenter overhead": t["segment"] - enc - dec - sub,
-        "stitch (label image)": t["stitch_labels"],
-        "vectorise (polygons)": t["stitch"] - t["stitch_labels"],  # object_polygon + the add loop
+        "stitch (label image)": t["stitch"],  # the writer's add loop: mask cleaning + painting
+        "vectorise (polygons)": t["vectorise"],  # traced from the label image at commit
         "write pyramid (labels.ome.zarr)": t["write_pyramid"], "write parquet": t["write_parquet"],
         "write geojson": t["write_geojson"],
-        "write summary + publish": t["write"] - t["write_pyramid"] - t["write_parquet"] - t["write_geojson"],
+        "write summary + publish": t["write"] - t["vectorise"] - t["write_pyramid"] - t["write_parquet"] - t["write_geojson"],
     }
     total = wall.s - sub
     parts["other (driver)"] = total - sum(parts.values())

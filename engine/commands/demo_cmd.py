@@ -34,7 +34,7 @@ def run(args: argparse.Namespace) -> int:
     print(f"slide:          {r.slide} (truth {r.truth})")
     print(f"prompts:        {r.prompts}")
     for method, path in r.outputs.items():
-        print(f"{method + ':':<15} {path}/ (labels.ome.zarr, objects.parquet, objects.geojson)")
+        print(f"{method + ':':<15} {path}/ (labels.ome.zarr, objects.parquet, objects.geojson, prompts.geojson)")
     print(f"QC picture:     {r.qc_png}")
     print(f"evaluation:     {r.table_md.parent}/")
     print("The demo model was trained on synthetic slides only: it is not a model for tissue.")

@@ -125,9 +125,9 @@ class SlideWriterActor:
         self.seconds += time.perf_counter() - t0
         return len(objects)
 
-    def commit(self, summary: dict) -> float:
+    def commit(self, summary: dict, prompts: list[Prompt]) -> float:
         t0 = time.perf_counter()
-        self.writer.commit(summary)
+        self.writer.commit(summary, prompts)
         self.slide.close()
         return self.seconds + time.perf_counter() - t0
 

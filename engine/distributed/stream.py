@@ -250,7 +250,7 @@ class CohortStream:
                        prompts_read=entry.prompts_read)
         try:
             ray.get(st.add_refs)
-            res.timings_s["stitch"] = ray.get(st.writer.commit.remote(summary))
+            res.timings_s["stitch"] = ray.get(st.writer.commit.remote(summary, st.plan.prompts))
         except Exception as exc:  # noqa: BLE001 - the writer failed: this slide fails
             self._fail(slide_id, exc, stage="writing")
             return

@@ -38,6 +38,7 @@ from engine.stitching.colors import RGB, class_color_rgb
 from engine.stitching.grid import LabelGrid, Window
 from engine.stitching.ngff import NgffArrays, NgffVersion, create_arrays, ngff_format, write_metadata
 from engine.stitching.overlap import ObjectEntry, check_score, paint
+from engine.stitching.polygons import Polygonal, label_block_polygons, label_px_to_l0_px, union_parts
 from engine.stitching.pyramid import ChunkIndex, chunk_window, default_n_levels, downsample_level, level_shapes
 
 _MAX_ID = np.iinfo(np.uint32).max
@@ -131,8 +132,10 @@ class LabelImageWriter:
                 if part is None:
                     continue
                 new_mask = self.grid.sample(obj, part)
-                if not new_mask.any():
+                n_raw = int(np.count_nonzero(new_mask))
+                if n_raw == 0:
                     continue
+                entry.n_px_raw += n_raw
                 block = np.asarray(level0[part.slices()])
                 n, lost = paint(block, new_mask, entry, self.entries)
                 if n == 0:
@@ -144,6 +147,27 @@ class LabelImageWriter:
                     self.entries[other].n_px -= k
         entry.n_px += won
         return won
+
+    # ------------------------------------------------------------------ outlines
+    def outlines_l0_px(self) -> dict[int, Polygonal]:
+        """Each object's final pixels (after the overlap rule) as a (Multi)Polygon in level-0 px.
+
+        Reads level 0 back one touched chunk at a time (never the whole slide) and traces all
+        objects of the chunk at once (:func:`label_block_polygons`); parts of an object in
+        several chunks are unioned. Objects left with no pixel are absent. Call before
+        :meth:`close`.
+        """
+        if self._closed:
+            raise RuntimeError("writer is closed")
+        level0, c = self._arrays.label_levels[0], self.chunk_px
+        parts: dict[int, list] = {}
+        for index in sorted(self._touched):
+            rows, cols = chunk_window(index, c, level0.shape)
+            block = np.asarray(level0[rows, cols])
+            for oid, poly in label_block_polygons(block, (rows.start, cols.start)):
+                parts.setdefault(oid, []).append(poly)
+        f = self.grid.l0_px_per_label_px
+        return {oid: label_px_to_l0_px(union_parts(p), f) for oid, p in parts.items()}
 
     # ------------------------------------------------------------------ finishing
     def close(self) -> Path:

@@ -10,12 +10,13 @@ ever needed, and cleaned:
 * holes are kept (a duct's lumen is a hole) unless smaller than ``min_hole_um2`` (default 0:
   keep all).
 
-Vectors are per object and may overlap each other; the overlap rule applies to the label
-image only.
+These per-mask outlines may overlap each other. The slide writer instead traces each object's
+final pixels in the label image (:func:`label_block_polygons`, after the overlap rule), so its
+polygons never overlap and their areas are the label pixel counts.
 """
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 
 import geopandas as gpd
 import numpy as np
@@ -39,6 +40,40 @@ def mask_to_polygons(
         return []
     transform = Affine(l0_px_per_mask_px, 0.0, float(origin_l0_px[0]), 0.0, l0_px_per_mask_px, float(origin_l0_px[1]))
     return [shape(geom) for geom, _ in shapes(m, mask=m.astype(bool), connectivity=4, transform=transform)]
+
+
+def label_block_polygons(block: np.ndarray, origin_rc: tuple[int, int]) -> Iterator[tuple[int, Polygon]]:
+    """(object id, polygon) for each 4-connected region of a uint label block, in label px.
+
+    ``origin_rc`` is the block's top-left (row, column) on the label grid; coordinates are
+    integers (x = column, y = row), so parts of one object traced in neighbouring blocks share
+    exact edges and union cleanly.
+    """
+    top = int(block.max())
+    if top == 0:
+        return
+    if top <= np.iinfo(np.int32).max:  # rasterio traces int32; labels are uint32
+        ids, small = None, block.astype(np.int32)
+    else:
+        ids, inverse = np.unique(block, return_inverse=True)
+        small = inverse.reshape(block.shape).astype(np.int32)
+    transform = Affine.translation(float(origin_rc[1]), float(origin_rc[0]))
+    for geom, k in shapes(small, mask=block > 0, connectivity=4, transform=transform):
+        yield (int(k) if ids is None else int(ids[int(k)])), shape(geom)
+
+
+def union_parts(parts: list[Polygon]) -> Polygonal:
+    """Pixel-edge polygons of one object -> one valid Polygon or MultiPolygon."""
+    merged = parts[0] if len(parts) == 1 else shapely.union_all(parts)
+    if not merged.is_valid:
+        merged = shapely.make_valid(merged)
+    polys = _polygon_parts(merged)
+    return polys[0] if len(polys) == 1 else MultiPolygon(polys)
+
+
+def label_px_to_l0_px(geom: Polygonal, l0_px_per_label_px: float) -> Polygonal:
+    """Label-grid coordinates -> level-0 px (label pixel (r, c) spans x in [c*f, (c+1)*f))."""
+    return shapely.transform(geom, lambda xy: xy * l0_px_per_label_px)
 
 
 def _polygon_parts(geom: shapely.Geometry) -> list[Polygon]:
@@ -91,11 +126,18 @@ def object_row(obj: ObjectMask, geom: Polygonal, slide_mpp: float) -> dict:
     }
 
 
-def rows_to_geodataframe(rows: list[dict]) -> gpd.GeoDataFrame:
-    """Rows from :func:`object_row` -> GeoDataFrame sorted by object_id, crs=None."""
+#: Columns of the slide writer's objects table: :data:`COLUMNS` plus the object's area before the
+#: overlap rule and whether a neighbour took some of its pixels.
+SLIDE_COLUMNS = COLUMNS[:-1] + ["area_raw_um2", "lost_to_neighbour", "geometry"]
+_DTYPES = {"object_id": "int64", "prompt_id": "int64", "score": "float64", "area_um2": "float64",
+           "area_raw_um2": "float64", "lost_to_neighbour": "bool"}
+
+
+def rows_to_geodataframe(rows: list[dict], columns: list[str] = COLUMNS) -> gpd.GeoDataFrame:
+    """Rows (:func:`object_row` or the slide writer's) -> GeoDataFrame sorted by object_id, crs=None."""
     rows = sorted(rows, key=lambda r: r["object_id"])
-    gdf = gpd.GeoDataFrame(rows, columns=COLUMNS, geometry="geometry", crs=None)
-    return gdf.astype({"object_id": "int64", "prompt_id": "int64", "score": "float64", "area_um2": "float64"})
+    gdf = gpd.GeoDataFrame(rows, columns=columns, geometry="geometry", crs=None)
+    return gdf.astype({k: v for k, v in _DTYPES.items() if k in columns})
 
 
 def objects_to_geodataframe(
