@@ -87,6 +87,8 @@ def check_slide_id(slide_id: str, path: str | Path) -> str:
     elif any(ord(ch) < 32 or ord(ch) == 127 for ch in slide_id):
         problem = "holds a control character"
     if problem:
+        if any(ord(ch) < 32 or ord(ch) == 127 for ch in str(path)):
+            path = repr(str(path))  # show the invisible character
         raise SlideError(path, f"its slide id {slide_id!r} (the file name without extension) {problem}, "
                                "so it cannot name an output folder; rename the file")
     return slide_id
