@@ -120,7 +120,7 @@ def segment_slides(slides: Iterable[str | os.PathLike] | str | os.PathLike, *,
         settings = {s.slide_id: slide_settings(
             s, model_settings, asdict(schedule), asdict(output),
             {"prompts_sha256": prompts_sha256(by_slide.get(s.slide_id, []))} if by_slide is not None
-            else {"detector": str(detector if isinstance(detector, str) else type(detector).__name__),
+            else {"detector": detector if isinstance(detector, str) else type(detector).__name__,
                   "options": detector_options or {}}) for s in infos}
         rerun = plan_rerun(out, settings, overwrite)
         run_config = {"schedule": asdict(schedule), "output": asdict(output), "execution": asdict(execution),

@@ -84,14 +84,18 @@ def check_slide_id(slide_id: str, path: str | Path) -> str:
         problem = "starts with a dot (a hidden name; the engine's temporary folders start with one)"
     elif "/" in slide_id or "\\" in slide_id:
         problem = "holds a path separator"
-    elif any(ord(ch) < 32 or ord(ch) == 127 for ch in slide_id):
+    elif _has_control_character(slide_id):
         problem = "holds a control character"
     if problem:
-        if any(ord(ch) < 32 or ord(ch) == 127 for ch in str(path)):
+        if _has_control_character(str(path)):
             path = repr(str(path))  # show the invisible character
         raise SlideError(path, f"its slide id {slide_id!r} (the file name without extension) {problem}, "
                                "so it cannot name an output folder; rename the file")
     return slide_id
+
+
+def _has_control_character(text: str) -> bool:
+    return any(ord(ch) < 32 or ord(ch) == 127 for ch in text)
 
 
 def _reader_mpp(reader) -> np.ndarray | None:

@@ -76,7 +76,6 @@ class CohortStream:
         # it). An actor gets no work until its probe answers: Ray rejects calls made while an actor
         # restarts, and the answer's pid tells whether the process really died.
         self.probes: dict = {}
-        self.pid = [a["pid"] for a in manifest.actors]  # the process each actor runs in, as last seen
         self.load = [0] * len(actors)
         self.isolated = [False] * len(actors)  # running a batch that killed an actor before
         self.results: dict[str, SlideResult] = {}
@@ -166,7 +165,8 @@ class CohortStream:
             objects_ref, report_ref = self.actors[k].segment.options(num_returns=2).remote(jobs, batch.batch_id)
             self.load[k] += 1
             self.isolated[k] = batch.suspect
-            self.in_flight[report_ref] = (batch, objects_ref, k, self.pid[k])
+            # The process it is sent to, as last seen (the manifest's actor list follows restarts).
+            self.in_flight[report_ref] = (batch, objects_ref, k, self.manifest.actors[k]["pid"])
 
     def _collect(self, ref) -> None:
         batch, objects_ref, k, pid = self.in_flight.pop(ref)
@@ -218,7 +218,6 @@ class CohortStream:
             self.probes[self.actors[k].identify.remote()] = (k, since, failed)
             return
         self.manifest.note_worker(asdict(who))
-        self.pid[k] = who.pid
         for batch, pid, exc in failed:
             if batch.slide_id not in self.states:
                 continue
