@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Trains the demo model, engine/data/demo_model.safetensors, on this machine's CPU with the
-# project's own `wsisam-engine train`: 8 generated demo-profile slides (engine.demo_eval.DEMO_SLIDE:
+# project's own `wsisam-engine train`: 8 generated demo-profile slides (engine.support.demo_eval.DEMO_SLIDE:
 # ducts, nests and "dcis" ducts that need context), test-size ViT (`vit_test`, 256 px), seed 0:
 #   1. stage sam: the small SAM itself (encoder, prompt encoder, SAM's decoder) on HR patches;
 #   2. stage wsi: SAM frozen, the WSI tokens/MLPs/fusion on concentric HR (1 µm/px) / LR (2 µm/px) pairs;
@@ -16,7 +16,7 @@ WORK=${WORK:-/tmp/wsisam-train-demo}
 SEEDS="1 2 3 4 5 6 7 8"
 start=$(date +%s)
 
-$PY -m engine.demo_eval slides "$WORK/slides" --seeds $SEEDS
+$PY -m engine.support.demo_eval slides "$WORK/slides" --seeds $SEEDS
 SLIDES=(); ANNOTATIONS=()
 for s in $SEEDS; do SLIDES+=("$WORK/slides/demo_$s.ome.tif"); ANNOTATIONS+=("$WORK/slides/demo_$s.geojson"); done
 COMMON=(--slides "${SLIDES[@]}" --annotations "${ANNOTATIONS[@]}" --samples-per-object 4 --jitter-in-box

@@ -22,7 +22,7 @@ from conftest import make_model, record_case, tree_hashes
 from engine.cli import main
 from engine.distributed.executor import ExecutionConfig
 from engine.scheduler import ScheduleConfig
-from engine.synthetic import make_synthetic_slide
+from engine.support.synthetic import make_synthetic_slide
 
 pytestmark = pytest.mark.timeout(300)
 

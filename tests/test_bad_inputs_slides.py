@@ -20,7 +20,7 @@ import tifffile
 
 from conftest import record_case, tree_hashes
 from engine.cli import main
-from engine.synthetic import make_synthetic_slide
+from engine.support.synthetic import make_synthetic_slide
 
 
 def segment(d: Path, *slides: str, prompts: str = "good.geojson", extra: tuple[str, ...] = ()) -> list[str]:

@@ -24,7 +24,7 @@ from engine.distributed.cluster import LOCAL_ONLY_ENV, is_loopback
 from engine.distributed.executor import ExecutionConfig
 from engine.distributed.manifest import read_manifest
 from engine.scheduler import ScheduleConfig
-from engine.synthetic import make_synthetic_slide
+from engine.support.synthetic import make_synthetic_slide
 
 SCHEDULE = ScheduleConfig(patch_px=256, context_px=16)
 pytestmark = pytest.mark.timeout(300)

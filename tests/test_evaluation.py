@@ -22,7 +22,7 @@ from engine.scheduler import ScheduleConfig
 from engine.segmenters import TruthSegmenter
 from engine.stitching import LabelImageWriter, write_geoparquet
 from engine.stitching.polygons import objects_to_geodataframe
-from engine.synthetic import make_synthetic_slide, write_qupath_geojson
+from engine.support.synthetic import make_synthetic_slide, write_qupath_geojson
 
 SCHEDULE = ScheduleConfig(patch_px=256, hr_mpp=1.0, lr_mpp=2.0, context_px=16)
 

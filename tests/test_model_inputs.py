@@ -20,7 +20,7 @@ from conftest import make_model
 from engine.cli import main
 from engine.distributed.errors import DeviceError, original_error
 from engine.distributed.model_spec import DEMO_MODEL, ModelSpec
-from engine.synthetic import make_synthetic_slide
+from engine.support.synthetic import make_synthetic_slide
 from test_checkpoints import sam_layout, sam_style_state
 from wsisam.model_files import expected_shapes
 

@@ -12,7 +12,7 @@ from conftest import listening, make_model, ray_processes
 from engine.distributed.cluster import LOCAL_ONLY_ENV, is_loopback
 from engine.distributed.executor import ExecutionConfig
 from engine.scheduler import ScheduleConfig
-from engine.synthetic import make_synthetic_slide
+from engine.support.synthetic import make_synthetic_slide
 
 pytestmark = pytest.mark.timeout(300)
 

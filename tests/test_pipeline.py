@@ -22,7 +22,7 @@ from engine.records import ObjectMask, Prompt
 from engine.scheduler import ScheduleConfig, Window, schedule_stats, schedule_windows
 from engine.segmenters import TruthSegmenter, WindowJob, WsiSamSegmenter, prompt_arrays_hr_px
 from engine.slides import open_slide
-from engine.synthetic import make_synthetic_slide
+from engine.support.synthetic import make_synthetic_slide
 
 SCHEDULE = ScheduleConfig(patch_px=256, hr_mpp=1.0, lr_mpp=2.0, context_px=16)
 

@@ -22,7 +22,7 @@ from engine.geometry import (
     patch_px_to_l0,
 )
 from engine.slides import PAD_VALUE, SlideError, SlideInfo, open_slide
-from engine.synthetic import make_synthetic_slide
+from engine.support.synthetic import make_synthetic_slide
 
 MPP = 0.5
 

@@ -14,7 +14,7 @@ from rasterio.features import rasterize
 from shapely.geometry import Polygon, box, shape
 
 from engine.slides import open_slide
-from engine.synthetic import CLASS_NAMES, make_synthetic_slide
+from engine.support.synthetic import CLASS_NAMES, make_synthetic_slide
 
 MPP = 0.5
 W = H = 4096
@@ -199,7 +199,7 @@ def test_huge_slide_in_little_memory(tmp_path):
 
     code = (
         "import sys\n"
-        "from engine.synthetic import make_synthetic_slide\n"
+        "from engine.support.synthetic import make_synthetic_slide\n"
         "s = make_synthetic_slide(sys.argv[1], 100_000, 100_000, mpp=0.5, n_objects=2000, seed=0,"
         " tissue_fraction=0.05)\n"
         # VmHWM: this process's own peak (ru_maxrss would include the parent's RSS at fork)
@@ -219,7 +219,7 @@ def test_huge_slide_in_little_memory(tmp_path):
 def test_context_objects_need_the_lr_field(tmp_path):
     """``dcis`` objects: bigger than the 256 µm HR field, within the 512 µm LR field, solid truth,
     a thin purple rim around an interior painted like the stroma outside, debris inside."""
-    from engine.synthetic import CONTEXT_CLASS_NAMES
+    from engine.support.synthetic import CONTEXT_CLASS_NAMES
 
     n = 3072
     s = make_synthetic_slide(tmp_path / "ctx.ome.tif", n, n, mpp=MPP, n_objects=12, n_large=0,

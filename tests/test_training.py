@@ -12,8 +12,8 @@ import torch
 
 import wsisam
 from engine.slides import open_slide
-from engine.synthetic import make_synthetic_slide
-from engine.training_data import (PatchPairDataset, SampleConfig, SampleSet, extract_samples, load_samples,
+from engine.support.synthetic import make_synthetic_slide
+from engine.support.training_data import (PatchPairDataset, SampleConfig, SampleSet, extract_samples, load_samples,
                                   read_annotations, split_by_object)
 from wsisam.training import (PromptSamplingConfig, TrainConfig, Trainer, dice_loss, mask_boxes, noisy_boxes,
                              sample_prompts, wsi_loss)
@@ -274,7 +274,7 @@ def test_train_command_writes_model_and_log(tiny, tmp_path):
 
 
 def test_demo_model_segments_a_fresh_slide():
-    from engine.demo_eval import DEMO_MODEL_PATH, evaluate_demo_model
+    from engine.support.demo_eval import DEMO_MODEL_PATH, evaluate_demo_model
 
     assert DEMO_MODEL_PATH.stat().st_size < 5 * 2**20  # "a few MB at most"
     report = evaluate_demo_model(DEMO_MODEL_PATH, seed=2024, max_objects=12)

@@ -196,7 +196,7 @@ def cached_slide(cache_dir: Path, name: str, side_px: int, seed: int, require_tr
     """A square synthetic slide at 0.5 µm/px, generated into ``cache_dir`` once: a sidecar
     JSON records the generation time and the truth boxes, and marks the file complete; the truth
     polygons go beside it as GeoJSON (``require_truth``: regenerate a cached slide without them)."""
-    from ..synthetic import make_synthetic_slide
+    from ..support.synthetic import make_synthetic_slide
 
     cache_dir = Path(cache_dir)
     cache_dir.mkdir(parents=True, exist_ok=True)

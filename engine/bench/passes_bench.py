@@ -14,7 +14,7 @@ import numpy as np
 
 from ..records import Prompt
 from ..scheduler import schedule_stats, schedule_windows, windows_lower_bound
-from ..synthetic import synthetic_truth_boxes
+from ..support.synthetic import synthetic_truth_boxes
 from .common import (SLIDE_MPP, BenchOptions, SuiteResult, Timer, bench_slide, clustered_prompts, fmt, headline,
                      schedule_for, usable_l0_px)
 

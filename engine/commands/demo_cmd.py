@@ -21,7 +21,7 @@ def add_parser(sub, name: str) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from ..demo import run_demo
+    from ..support.demo import run_demo
     from ..distributed.model_spec import ModelSpec
 
     model = ModelSpec(checkpoint=args.checkpoint) if args.checkpoint else None

@@ -64,7 +64,7 @@ def add_parser(sub, name: str) -> None:
 
 
 def _samples(slides: list[Path], annotations: list[Path], cfg, cache_dir: Path, progress: bool):
-    from ..training_data import SampleSet, load_samples
+    from ..support.training_data import SampleSet, load_samples
 
     if len(slides) != len(annotations):
         raise ValueError(f"{len(slides)} slides but {len(annotations)} annotation files: give one per slide")
@@ -77,7 +77,7 @@ def run(args: argparse.Namespace) -> int:
     import wsisam
     from wsisam.training import PromptSamplingConfig, TrainConfig, Trainer
 
-    from ..training_data import PatchPairDataset, SampleConfig, split_by_object
+    from ..support.training_data import PatchPairDataset, SampleConfig, split_by_object
 
     if args.threads:
         torch.set_num_threads(args.threads)

@@ -35,8 +35,8 @@ from affine import Affine
 from rasterio.features import rasterize
 from shapely.geometry import MultiPolygon, Polygon, box, shape
 
-from .geometry import PatchPair
-from .slides import Slide, open_slide
+from ..geometry import PatchPair
+from ..slides import Slide, open_slide
 
 CACHE_VERSION = "1"
 
@@ -223,7 +223,7 @@ def object_level(bounds_l0_px: tuple[float, float, float, float], cfg: SampleCon
     """The pyramid level an object is read at: 0, or the scheduler's level (see SampleConfig)."""
     if cfg.scheduler_context_px < 0:
         return 0
-    from .scheduler import ScheduleConfig, prompt_level
+    from ..scheduler import ScheduleConfig, prompt_level
 
     sched = ScheduleConfig(patch_px=cfg.patch_px, hr_mpp=cfg.hr_mpp, lr_mpp=cfg.lr_mpp,
                            context_px=cfg.scheduler_context_px)
@@ -299,7 +299,7 @@ def load_samples(slide_path: str | os.PathLike, annotation_path: str | os.PathLi
     slide_path, annotation_path = Path(slide_path), Path(annotation_path)
     cache = None
     if cache_dir is not None:
-        from .slides import slide_id_from_path
+        from ..slides import slide_id_from_path
 
         cache = Path(cache_dir) / f"{slide_id_from_path(slide_path)}-{_cache_key(slide_path, annotation_path, cfg)}.npz"
         if cache.is_file():

@@ -2,15 +2,15 @@
 
 :func:`make_demo_slide` writes a synthetic slide of the demo profile (:data:`DEMO_SLIDE`):
 4 x 4 mm at 0.5 µm/px with ducts, nests and ``dcis`` objects that need context (see
-:mod:`engine.synthetic`). :func:`evaluate_demo_model` generates one with a given seed and
+:mod:`engine.support.synthetic`). :func:`evaluate_demo_model` generates one with a given seed and
 measures, per object, the dice of WSI-SAM's HR mask (``WsiSamPredictor.predict``) and of the same
 model's SAM path (``predict_sam``) against the truth, on one concentric pair per object (256 px,
 HR 1 µm/px, LR 2 µm/px) centred on the object's box centre moved by a seeded jitter of up to a
 quarter of the HR field per axis (as in training), prompted with the truth's exact box within
 the HR patch. Dice is computed over the HR patch (objects larger than the patch: the part in it).
 
-    python -m engine.demo_eval slides DIR --seeds 1 2 3      # slides + QuPath GeoJSON truth
-    python -m engine.demo_eval evaluate MODEL --seed 1001    # prints the JSON report
+    python -m engine.support.demo_eval slides DIR --seeds 1 2 3      # slides + QuPath GeoJSON truth
+    python -m engine.support.demo_eval evaluate MODEL --seed 1001    # prints the JSON report
 """
 from __future__ import annotations
 
@@ -25,10 +25,10 @@ import numpy as np
 
 from .synthetic import CONTEXT_CLASS_NAMES, SyntheticSlide, make_synthetic_slide
 
-#: The demo profile (keyword arguments of :func:`engine.synthetic.make_synthetic_slide`).
+#: The demo profile (keyword arguments of :func:`engine.support.synthetic.make_synthetic_slide`).
 DEMO_SLIDE: dict = dict(width_l0_px=8192, height_l0_px=8192, mpp=0.5, n_objects=36, context_objects=10, n_large=0,
                         tissue_fraction=0.75)
-DEMO_MODEL_PATH = Path(__file__).parent / "data" / "demo_model.safetensors"
+DEMO_MODEL_PATH = Path(__file__).resolve().parents[1] / "data" / "demo_model.safetensors"
 
 
 def make_demo_slide(path: str | os.PathLike, seed: int, **overrides) -> SyntheticSlide:
@@ -63,7 +63,7 @@ def _summary(dice: np.ndarray, classes: np.ndarray) -> dict:
 
 
 def evaluate_samples(model, samples, device: str | None = "cpu", batch_pairs: int = 8) -> dict:
-    """Dice of WSI-SAM and of the SAM path on a :class:`engine.training_data.SampleSet`, with each
+    """Dice of WSI-SAM and of the SAM path on a :class:`engine.support.training_data.SampleSet`, with each
     sample's exact truth box in its HR patch."""
     import torch
 
@@ -99,12 +99,12 @@ def evaluate_demo_model(model_path: str | os.PathLike = DEMO_MODEL_PATH, seed: i
 
     Returns ``{"seed", "model", "n_objects", "n_context", "wsi": {...}, "sam": {...}, "per_object"}``
     where ``wsi``/``sam`` hold ``mean_dice`` (all objects), ``context_mean_dice`` (classes in
-    :data:`engine.synthetic.CONTEXT_CLASS_NAMES`), ``other_mean_dice`` and ``by_class``.
+    :data:`engine.support.synthetic.CONTEXT_CLASS_NAMES`), ``other_mean_dice`` and ``by_class``.
     ``max_objects`` keeps that many objects, evenly spread over the ids, for quick checks.
     """
     import wsisam
 
-    from .slides import open_slide
+    from ..slides import open_slide
     from .training_data import SampleConfig, extract_samples
 
     model = wsisam.load_wsisam(model_path)
@@ -121,7 +121,7 @@ def evaluate_demo_model(model_path: str | os.PathLike = DEMO_MODEL_PATH, seed: i
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m engine.demo_eval")
+    p = argparse.ArgumentParser(prog="python -m engine.support.demo_eval")
     sub = p.add_subparsers(dest="cmd", required=True)
     a = sub.add_parser("slides", help="write demo-profile slides and their truth GeoJSON")
     a.add_argument("out", type=Path)

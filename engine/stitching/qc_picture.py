@@ -8,7 +8,7 @@ import geopandas as gpd
 import numpy as np
 from PIL import Image, ImageDraw
 
-from .slides import Slide
+from ..slides import Slide
 
 TRUTH_RGB = (20, 20, 20)
 DEFAULT_RGB = (0, 200, 255)

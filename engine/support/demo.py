@@ -1,6 +1,6 @@
 """The offline demo: a generated slide, the bundled demo model, the engine on an embedded Ray.
 
-Steps: generate a demo-profile slide with its truth (:mod:`engine.demo_eval`), make noisy box
+Steps: generate a demo-profile slide with its truth (:mod:`engine.support.demo_eval`), make noisy box
 prompts from the truth (the paper's box protocol, :class:`engine.evaluation.BoxProtocol`),
 segment the slide with WSI-SAM and with the same model's SAM path through
 :func:`engine.segment_slides`, score both against the truth (Table 1 layout), and draw a QC picture.
@@ -15,15 +15,15 @@ from pathlib import Path
 
 import ray
 
-from .api import segment_slides
+from ..api import segment_slides
 from .demo_eval import make_demo_slide
-from .distributed.cluster import connect
-from .distributed.executor import ExecutionConfig
-from .distributed.model_spec import ModelSpec
-from .evaluation import BoxProtocol, SlideTarget, evaluate_predictions, resolve_predictions, write_report
-from .evaluation.experiment import method_folder
-from .qc import qc_picture
-from .slides import open_slide
+from ..distributed.cluster import connect
+from ..distributed.executor import ExecutionConfig
+from ..distributed.model_spec import ModelSpec
+from ..evaluation import BoxProtocol, SlideTarget, evaluate_predictions, resolve_predictions, write_report
+from ..evaluation.experiment import method_folder
+from ..stitching.qc_picture import qc_picture
+from ..slides import open_slide
 from .synthetic import CLASS_COLORS
 
 METHODS = {"WSI-SAM": "wsi", "SAM": "sam"}
