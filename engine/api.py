@@ -11,7 +11,8 @@ from .distributed.cluster import connect
 from .distributed.executor import ExecutionConfig, new_manifest, new_run_id, run_cohort
 from .distributed.model_spec import ModelSpec
 from .output_folder import RESERVED_NAMES, RunLock
-from .pipeline import OutputConfig, SlideResult, check_output_dir
+from .pipeline import OutputConfig, check_output_dir
+from .slide_result import SlideResult
 from .prompts import check_slide_ids, read_prompts
 from .records import Prompt
 from .run_settings import plan_rerun, prompts_sha256, slide_settings
@@ -124,7 +125,7 @@ def segment_slides(slides: Iterable[str | os.PathLike] | str | os.PathLike, *,
                   "options": detector_options or {}}) for s in infos}
         rerun = plan_rerun(out, settings, overwrite)
         run_config = {"schedule": asdict(schedule), "output": asdict(output), "execution": asdict(execution),
-                      "model": asdict(model), "segmenter": f"wsisam-{model.mode}",
+                      "model": asdict(model), "segmenter": model.segmenter_name(),
                       "prompts": None if prompts is None or isinstance(prompts, Mapping) else str(prompts),
                       "detector": None if detector is None else str(detector), "overwrite": overwrite,
                       "redone": rerun.redone}

@@ -19,26 +19,22 @@ import json
 import math
 import os
 import time
-from collections.abc import Iterable, Iterator
-from dataclasses import asdict, dataclass, field
+from collections.abc import Iterable, Iterator, Mapping
+from dataclasses import asdict, dataclass
 from pathlib import Path
-
-import geopandas as gpd
 
 from .output_folder import SUMMARY_NAME, inside, partial_dir, remove_tree, slide_dir
 from .records import ObjectMask, Prompt
-from .scheduler import ScheduleConfig, Window, schedule_stats, schedule_windows
+from .scheduler import ScheduleConfig, Window, schedule_windows
 from .segmenters import WindowJob, WindowSegmenter
+from .slide_result import (GEOJSON_NAME, LABELS_NAME, PARQUET_NAME, PROMPTS_NAME, RunContext, SlideResult,
+                           slide_summary)
 from .slides import Slide, SlideInfo
 from .prompts import write_prompts_geojson
 from .stitching import LabelImageWriter, write_geoparquet, write_qupath_geojson
 from .stitching.mask_cleaning import clean_mask
 from .stitching.polygons import SLIDE_COLUMNS, rows_to_geodataframe
 
-LABELS_NAME = "labels.ome.zarr"
-PARQUET_NAME = "objects.parquet"
-GEOJSON_NAME = "objects.geojson"
-PROMPTS_NAME = "prompts.geojson"  # every prompt segmented, with its prompt_id (objects refer to it)
 #: SlideWriter.timings keys: label image painting (add), then at commit polygons and the three outputs.
 WRITER_STAGES = ("stitch_labels", "vectorise", "write_pyramid", "write_parquet", "write_geojson")
 
@@ -73,41 +69,10 @@ class SlidePlan:
     prompts_read: int
     prompts_dropped_outside: int
 
-
-@dataclass
-class SlideResult:
-    """What a run produced for one slide (plain data; crosses process boundaries)."""
-
-    slide_id: str
-    output_dir: str
-    prompts: int = 0
-    objects: int = 0
-    empty_masks: int = 0
-    windows: int = 0
-    encoder_passes: int = 0
-    prompts_dropped_outside: int = 0
-    status: str = "done"  # done | skipped | failed | interrupted | not run
-    error: str | None = None
-    timings_s: dict[str, float] = field(default_factory=dict)
-
-    @property
-    def labels_path(self) -> Path:
-        return Path(self.output_dir) / LABELS_NAME
-
-    @property
-    def parquet_path(self) -> Path:
-        return Path(self.output_dir) / PARQUET_NAME
-
-    @property
-    def geojson_path(self) -> Path:
-        return Path(self.output_dir) / GEOJSON_NAME
-
-    @property
-    def prompts_path(self) -> Path:
-        return Path(self.output_dir) / PROMPTS_NAME
-
-    def geodataframe(self) -> gpd.GeoDataFrame:
-        return gpd.read_parquet(self.parquet_path)
+    def prompts_by_id(self, ids: Iterable[int] | None = None) -> dict[int, Prompt]:
+        """The plan's prompts by id (only ``ids`` when given): what :func:`read_jobs` takes."""
+        wanted = None if ids is None else set(ids)
+        return {p.prompt_id: p for p in self.prompts if wanted is None or p.prompt_id in wanted}
 
 
 def plan_slide(slide: Slide, prompts: list[Prompt], schedule: ScheduleConfig) -> SlidePlan:
@@ -125,11 +90,11 @@ def plan_slide(slide: Slide, prompts: list[Prompt], schedule: ScheduleConfig) ->
     return SlidePlan(slide.slide_id, kept, windows, len(prompts), report.dropped_outside)
 
 
-def read_jobs(slide: Slide, plan: SlidePlan, windows: Iterable[Window]) -> Iterator[WindowJob]:
-    by_id = {p.prompt_id: p for p in plan.prompts}
+def read_jobs(slide: Slide, prompts_by_id: Mapping[int, Prompt], windows: Iterable[Window]) -> Iterator[WindowJob]:
+    """Read each window's patch pair; ``prompts_by_id`` holds (at least) the windows' prompts."""
     for w in windows:
         hr, lr = slide.read_patch_pair(w.pair)
-        yield WindowJob(w, hr, lr, [by_id[i] for i in w.prompt_ids])
+        yield WindowJob(w, hr, lr, [prompts_by_id[i] for i in w.prompt_ids])
 
 
 def check_output_dir(output_dir: str | os.PathLike) -> Path:
@@ -148,28 +113,29 @@ def check_output_dir(output_dir: str | os.PathLike) -> Path:
 class SlideWriter:
     """Single writer of one slide's outputs, into a ``.partial`` folder published by :meth:`commit`."""
 
-    def __init__(self, slide: Slide, output_dir: str | os.PathLike, label_mpp: float, cfg: OutputConfig) -> None:
+    def __init__(self, info: SlideInfo, output_dir: str | os.PathLike, label_mpp: float, cfg: OutputConfig) -> None:
         self.output_dir = Path(output_dir)
-        self.final = slide_dir(output_dir, slide.slide_id)
-        self.partial = partial_dir(output_dir, slide.slide_id)
+        self.info = info
+        self.final = slide_dir(output_dir, info.slide_id)
+        self.partial = partial_dir(output_dir, info.slide_id)
         remove_tree(output_dir, self.partial.name)  # left by a run that died
         self.partial.mkdir(parents=True)
-        self.slide_mpp = slide.mpp
+        self.slide_mpp = info.mpp
         self.cfg = cfg
-        w, h = slide.dimensions_l0_px
-        self.labels = LabelImageWriter(self.partial / LABELS_NAME, slide_width_l0_px=w, slide_height_l0_px=h,
-                                       slide_mpp=slide.mpp, label_mpp=label_mpp, slide_id=slide.slide_id,
-                                       ngff_version=cfg.ngff_version)
+        self.labels = LabelImageWriter(self.partial / LABELS_NAME, slide_width_l0_px=info.width_l0_px,
+                                       slide_height_l0_px=info.height_l0_px, slide_mpp=info.mpp,
+                                       label_mpp=label_mpp, slide_id=info.slide_id, ngff_version=cfg.ngff_version)
         self.rows: list[dict] = []
         # Seconds per output stage (label image, polygons, pyramid, parquet, geojson), for benchmarks.
         self.timings = dict.fromkeys(WRITER_STAGES, 0.0)
 
     def add(self, obj: ObjectMask) -> None:
+        """Paint one object (its mask cleaned of small parts and holes; ``obj`` is not changed)."""
         t0 = time.perf_counter()
         px_um2 = obj.mask_mpp**2
-        obj.mask = clean_mask(obj.mask, self.cfg.min_area_um2 / px_um2, self.cfg.min_hole_um2 / px_um2)
-        if obj.mask.any():
-            self.labels.add(obj)
+        mask = clean_mask(obj.mask, self.cfg.min_area_um2 / px_um2, self.cfg.min_hole_um2 / px_um2)
+        if mask.any():
+            self.labels.add(dataclasses.replace(obj, mask=mask))
         self.timings["stitch_labels"] += time.perf_counter() - t0
 
     def object_rows(self) -> tuple[list[dict], dict]:
@@ -247,24 +213,28 @@ def batched(items: Iterable, n: int) -> Iterator[list]:
 
 def segment_slide(slide: Slide, prompts: list[Prompt], segmenter: WindowSegmenter, output_dir: str | os.PathLike,
                   schedule: ScheduleConfig = ScheduleConfig(), output: OutputConfig = OutputConfig(),
-                  windows_per_batch: int = 4) -> SlideResult:
-    """Segment one slide in this process and write its outputs (see module docstring)."""
+                  windows_per_batch: int = 4, run: RunContext | None = None) -> SlideResult:
+    """Segment one slide in this process and write its outputs (see module docstring).
+
+    ``run``: what ``summary.json`` says about the run (default: this call, no run id or settings).
+    """
     out = check_output_dir(output_dir)
+    run = run or RunContext(asdict(schedule), asdict(output), segmenter.name)
     t: dict[str, float] = {}
     t0 = time.perf_counter()
     plan = plan_slide(slide, prompts, schedule)
     t["plan"] = time.perf_counter() - t0
-    writer = SlideWriter(slide, out, output.label_mpp or schedule.hr_mpp, output)
-    result = SlideResult(slide.slide_id, str(slide_dir(out, slide.slide_id)), prompts=len(plan.prompts),
-                         windows=len(plan.windows), encoder_passes=schedule_stats(plan.windows).encoder_passes,
-                         prompts_dropped_outside=plan.prompts_dropped_outside)
+    info = slide.info()
+    writer = SlideWriter(info, out, output.label_mpp or schedule.hr_mpp, output)
+    by_id = plan.prompts_by_id()
+    n_objects = 0
     t.update(read=0.0, segment=0.0, stitch=0.0)
     try:
         # Windows of one level share the HR/LR ratio and pixel size: batch within a level.
         for level_windows in by_level(plan.windows):
             for windows in batched(level_windows, windows_per_batch):
                 a = time.perf_counter()
-                jobs = list(read_jobs(slide, plan, windows))
+                jobs = list(read_jobs(slide, by_id, windows))
                 b = time.perf_counter()
                 objects = segmenter.segment(jobs)
                 c = time.perf_counter()
@@ -273,17 +243,16 @@ def segment_slide(slide: Slide, prompts: list[Prompt], segmenter: WindowSegmente
                 t["read"] += b - a
                 t["segment"] += c - b
                 t["stitch"] += time.perf_counter() - c
-                result.objects += len(objects)
-        result.empty_masks = result.prompts - result.objects
+                n_objects += len(objects)
         a = time.perf_counter()
-        result.timings_s = t
-        writer.commit(summary_dict(result, slide.info(), asdict(schedule), asdict(output), segmenter.name),
-                      plan.prompts)
+        result = SlideResult.of_plan(plan, slide_dir(out, slide.slide_id), n_objects, t)
+        writer.commit(slide_summary(result, info, plan, run), plan.prompts)
         t["write"] = time.perf_counter() - a
         t.update(writer.timings)  # the breakdown of stitch and write (not in summary.json)
     except BaseException:
         writer.abort()
         raise
+    result.timings_s = t
     return result
 
 
@@ -293,16 +262,3 @@ def by_level(windows: list[Window]) -> list[list[Window]]:
     for w in windows:
         levels.setdefault(w.level, []).append(w)
     return [levels[k] for k in sorted(levels)]
-
-
-def summary_dict(result: SlideResult, info: SlideInfo, schedule: dict, output: dict, segmenter: str) -> dict:
-    """The slide's ``summary.json``: what was run on what, and what came out."""
-    return {
-        "slide": asdict(info),
-        "segmenter": segmenter,
-        "schedule": schedule,
-        "output": output,
-        "result": asdict(result),
-        "score": "predicted IoU of SAM's single-mask output in the same HR decoder pass (WSI-SAM has no score head)",
-        "overlap_rule": "a pixel claimed by several objects goes to the higher score; ties to the lower object id",
-    }

@@ -382,7 +382,7 @@ def test_constructed_overlap_raw_area_and_lost_flag(synth, tmp_path):
     prompts = [Prompt(s.slide_id, pid, box_l0_px=(x, y, x + 10, y + 10), class_name="cell")
                for pid, _, (x, y), _, _ in records]
     with open_slide(s.path) as slide:
-        writer = SlideWriter(slide, tmp_path, 1.0, OutputConfig())
+        writer = SlideWriter(slide.info(), tmp_path, 1.0, OutputConfig())
         for pid, mask, origin, mpp, score in records:
             writer.add(ObjectMask(s.slide_id, pid, mask.copy(), origin, mpp, score, "cell"))
         folder = writer.commit({}, prompts)

@@ -40,7 +40,7 @@ def run_engine(slide, prompts, segmenter: WsiSamSegmenter, schedule, windows_per
         plan = plan_slide(slide, prompts, schedule)
         for level in by_level(plan.windows):
             for windows in batched(level, windows_per_batch):
-                objects += len(segmenter.segment(list(read_jobs(slide, plan, windows))))
+                objects += len(segmenter.segment(list(read_jobs(slide, plan.prompts_by_id(), windows))))
     stats = schedule_stats(plan.windows)
     return {"prompts": len(plan.prompts), "windows": stats.windows, "encoder_passes": stats.encoder_passes,
             "objects_nonempty": objects, "seconds": t.s, "encode_s": segmenter.timings["encode"] - enc0,

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from ..pipeline import SlideResult
+from ..slide_result import SlideResult
 
 
 def format_summary(results: list[SlideResult]) -> str:

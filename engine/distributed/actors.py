@@ -114,8 +114,7 @@ class SlideWriterActor:
     """The single writer of one slide's outputs (label image, polygons, summary)."""
 
     def __init__(self, info: SlideInfo, output_dir: str, label_mpp: float, output: OutputConfig) -> None:
-        self.slide = info.open()
-        self.writer = SlideWriter(self.slide, output_dir, label_mpp, output)
+        self.writer = SlideWriter(info, output_dir, label_mpp, output)
         self.seconds = 0.0
 
     def add(self, objects: list[ObjectMask]) -> int:
@@ -128,7 +127,6 @@ class SlideWriterActor:
     def commit(self, summary: dict, prompts: list[Prompt]) -> float:
         t0 = time.perf_counter()
         self.writer.commit(summary, prompts)
-        self.slide.close()
         return self.seconds + time.perf_counter() - t0
 
     def abort(self) -> None:
@@ -143,8 +141,7 @@ def plan_task(info: SlideInfo, prompts: list[Prompt] | None, detector, schedule:
         return plan_slide(slide, prompts, schedule)
 
 
-def read_task(info: SlideInfo, plan_prompts: dict[int, Prompt], windows: list[Window]) -> list[WindowJob]:
-    """Read the patch pairs of a batch of windows."""
+def read_task(info: SlideInfo, prompts_by_id: dict[int, Prompt], windows: list[Window]) -> list[WindowJob]:
+    """Read the patch pairs of a batch of windows (``prompts_by_id``: the windows' prompts)."""
     with info.open() as slide:
-        plan = SlidePlan(info.slide_id, list(plan_prompts.values()), windows, 0, 0)
-        return list(read_jobs(slide, plan, windows))
+        return list(read_jobs(slide, prompts_by_id, windows))

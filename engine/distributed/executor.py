@@ -19,7 +19,8 @@ from dataclasses import asdict, dataclass
 import ray
 
 from ..output_folder import slide_dir
-from ..pipeline import OutputConfig, SlideResult
+from ..pipeline import OutputConfig
+from ..slide_result import SlideResult
 from ..records import Prompt
 from ..scheduler import ScheduleConfig
 from ..slides import SlideInfo

@@ -12,6 +12,7 @@ import wsisam
 from wsisam.checkpoint import file_sha256
 
 from ..segmenters import WsiSamSegmenter
+from ..segmenters.wsisam_segmenter import segmenter_name
 
 DEMO_MODEL = Path(__file__).resolve().parents[1] / "data" / "demo_model.safetensors"
 
@@ -142,7 +143,14 @@ class ModelSpec:
         return {name: file_sha256(p) for name, p in asdict(self).items()
                 if name.endswith("checkpoint") and p is not None}
 
-    def patch_px(self) -> int:
+    def config(self) -> wsisam.WsiSamConfig:
+        """The model's configuration, read from the files (no weights loaded)."""
         if self.checkpoint is not None:
-            return wsisam.checkpoint.read_config(self.checkpoint).img_size
-        return wsisam.get_config(self.backbone or wsisam.infer_backbone(self.sam_checkpoint)).img_size
+            return wsisam.checkpoint.read_config(self.checkpoint)
+        return wsisam.get_config(self.backbone or wsisam.infer_backbone(self.sam_checkpoint))
+
+    def patch_px(self) -> int:
+        return self.config().img_size
+
+    def segmenter_name(self) -> str:
+        return segmenter_name(self.config().name, self.mode)

@@ -17,7 +17,8 @@ from ray.exceptions import ActorDiedError, ActorUnavailableError, RayActorError,
 from tqdm.auto import tqdm
 
 from ..output_folder import partial_dir, remove_tree, slide_dir
-from ..pipeline import SlidePlan, SlideResult, batched, by_level, summary_dict
+from ..pipeline import SlidePlan, batched, by_level
+from ..slide_result import RunContext, SlideResult, slide_summary
 from ..scheduler import schedule_stats
 from ..slides import SlideInfo
 from .actors import BatchReport, SlideWriterActor, plan_task, read_task
@@ -64,7 +65,10 @@ class CohortStream:
     def __init__(self, todo, prompts, detector, actors, output_dir, schedule, output, cfg, manifest, settings):
         self.todo, self.prompts, self.detector, self.actors = deque(todo), prompts, detector, actors
         self.output_dir, self.schedule, self.output, self.cfg = output_dir, schedule, output, cfg
-        self.manifest, self.settings = manifest, settings
+        self.manifest = manifest
+        cfg_run = manifest.config
+        self.run_context = RunContext(cfg_run.get("schedule", {}), cfg_run.get("output", {}), cfg_run.get("segmenter", ""),
+                              manifest.run_id, settings)
         self.label_mpp = output.label_mpp or schedule.hr_mpp
         self.max_in_flight = cfg.max_in_flight or 2 * len(actors)
         self.plan_refs = deque(_plan_remote.remote(s, None if prompts is None else prompts.get(s.slide_id, []),
@@ -159,8 +163,7 @@ class CohortStream:
             self.queue.popleft()
             k = min(free, key=lambda a: (self.load[a], a))
             st = self.states[batch.slide_id]
-            ids = {i for w in batch.windows for i in w.prompt_ids}
-            needed = {p.prompt_id: p for p in st.plan.prompts if p.prompt_id in ids}
+            needed = st.plan.prompts_by_id(i for w in batch.windows for i in w.prompt_ids)
             jobs = _read_remote.remote(st.info, needed, batch.windows)
             objects_ref, report_ref = self.actors[k].segment.options(num_returns=2).remote(jobs, batch.batch_id)
             self.load[k] += 1
@@ -238,15 +241,10 @@ class CohortStream:
     def _finish_slide(self, slide_id: str) -> None:
         st = self.states[slide_id]
         entry = self.manifest.slides[slide_id]
-        res = SlideResult(slide_id, str(slide_dir(self.output_dir, slide_id)), prompts=entry.prompts,
-                          objects=entry.objects, empty_masks=entry.prompts - entry.objects,
-                          windows=entry.windows, encoder_passes=entry.encoder_passes,
-                          prompts_dropped_outside=entry.prompts_dropped_outside)
-        res.timings_s = {"wall": time.perf_counter() - st.t0, "segment": sum(b["seconds"] for b in entry.batches)}
-        cfg = self.manifest.config
-        summary = summary_dict(res, st.info, cfg.get("schedule", {}), cfg.get("output", {}), cfg.get("segmenter", ""))
-        summary.update(run_id=self.manifest.run_id, settings=self.settings[slide_id],
-                       prompts_read=entry.prompts_read)
+        res = SlideResult.of_plan(st.plan, slide_dir(self.output_dir, slide_id), entry.objects,
+                                  {"wall": time.perf_counter() - st.t0,
+                                   "segment": sum(b["seconds"] for b in entry.batches)})
+        summary = slide_summary(res, st.info, st.plan, self.run_context)
         try:
             ray.get(st.add_refs)
             res.timings_s["stitch"] = ray.get(st.writer.commit.remote(summary, st.plan.prompts))

@@ -26,7 +26,8 @@ from pathlib import Path
 
 import geopandas as gpd
 
-from ..pipeline import OutputConfig, SlideResult, check_output_dir, segment_slide
+from ..pipeline import OutputConfig, check_output_dir, segment_slide
+from ..slide_result import SlideResult
 from ..prompts import read_prompts
 from ..scheduler import ScheduleConfig
 from ..segmenters import WindowSegmenter

@@ -12,6 +12,11 @@ from ..records import ObjectMask
 from .base import WindowJob, crop_to_object, group_by_kind, mask_to_object, prompt_arrays_hr_px
 
 
+def segmenter_name(config_name: str, mode: str) -> str:
+    """The name ``summary.json`` gives the segmenter, e.g. ``wsisam-vit_b-wsi``."""
+    return f"wsisam-{config_name}-{mode}"
+
+
 class WsiSamSegmenter:
     """Segments windows with a :class:`wsisam.WsiSamPredictor`: all windows of a call are encoded
     in one ``set_patch_pairs`` (batched), and all their prompts of one kind go through the
@@ -22,7 +27,7 @@ class WsiSamSegmenter:
             raise ValueError(f"mode must be 'wsi' or 'sam', got {mode!r}")
         self.predictor = predictor
         self.mode = mode
-        self.name = f"wsisam-{predictor.model.config.name}-{mode}"
+        self.name = segmenter_name(predictor.model.config.name, mode)
         self.patch_px = predictor.img_px
         # Seconds spent in the encoder (set_patch_pairs) and in the decoders (prompts -> objects),
         # accumulated over calls; read by ``wsisam-engine bench``.

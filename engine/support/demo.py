@@ -71,7 +71,6 @@ def run_demo(out_dir: str | os.PathLike, seed: int = 2026, model: ModelSpec | No
 
         png = qc_picture(s, gpd.read_parquet(outputs["WSI-SAM"] / "objects.parquet"), out / "qc.png",
                          truth=slide.truth, colors=CLASS_COLORS)
-    table = ev.table("dice")
     dice = {m: float(ev.objects[ev.objects.method == m].dice.mean()) for m in ev.methods}
     return DemoReport(out, slide.path, truth_path, prompts_path, outputs, png, files.table_dice_md, dice,
                       files.table_dice_md.read_text())
