@@ -102,29 +102,46 @@ def actor_device(who: str, gpu_ids: tuple[str, ...], allow_cpu: bool) -> str:
 #: Fault injection for the engine's own fault tests: a model actor given a batch of this slide
 #: ends its process at once, as an out-of-memory kill would.
 FAULT_ENV = "WSISAM_ENGINE_TEST_KILL_WORKER_ON_SLIDE"
+#: For the same tests: seconds each batch takes at least, so a run is reliably mid-cohort when
+#: the test stops or kills something.
+SLOW_ENV = "WSISAM_ENGINE_TEST_SECONDS_PER_BATCH"
 
 
 def _injected_fault(jobs: list[WindowJob]) -> None:
     target = os.environ.get(FAULT_ENV)
     if target and jobs and jobs[0].window.slide_id == target:
         os._exit(137)
+    if os.environ.get(SLOW_ENV):
+        time.sleep(float(os.environ[SLOW_ENV]))
 
 
 class SlideWriterActor:
-    """The single writer of one slide's outputs (label image, polygons, summary)."""
+    """The single writer of one slide's outputs (label image, polygons, summary).
+
+    Its calls run in the order they were sent. If an ``add`` fails, the ``commit`` that follows
+    refuses with that error, so a slide is never published with a batch missing.
+    """
 
     def __init__(self, info: SlideInfo, output_dir: str, label_mpp: float, output: OutputConfig) -> None:
         self.writer = SlideWriter(info, output_dir, label_mpp, output)
         self.seconds = 0.0
+        self.error: BaseException | None = None
 
     def add(self, objects: list[ObjectMask]) -> int:
         t0 = time.perf_counter()
-        for obj in objects:
-            self.writer.add(obj)
-        self.seconds += time.perf_counter() - t0
+        try:
+            for obj in objects:
+                self.writer.add(obj)
+        except BaseException as exc:
+            self.error = self.error or exc
+            raise
+        finally:
+            self.seconds += time.perf_counter() - t0
         return len(objects)
 
     def commit(self, summary: dict, prompts: list[Prompt]) -> float:
+        if self.error is not None:
+            raise RuntimeError(f"not published: adding a batch failed earlier: {self.error!r}") from self.error
         t0 = time.perf_counter()
         self.writer.commit(summary, prompts)
         return self.seconds + time.perf_counter() - t0

@@ -37,7 +37,7 @@ class ExecutionConfig:
     gpus_per_actor: float = 1.0
     cpus_per_actor: float = 1.0
     windows_per_batch: int = 4
-    max_in_flight: int | None = None  # batches being read or segmented; default 2 per actor
+    max_in_flight: int | None = None  # batches being read, segmented or written; default 2 per actor + 1
     progress: bool = True
     fail_fast: bool = False  # abort the run at the first failed slide
     max_batch_kills: int = 3  # a batch that kills its model worker this often fails its slide

@@ -1,16 +1,20 @@
 """The streaming driver loop: slides -> plans -> window batches -> model actors -> slide writers.
 
-At most ``max_in_flight`` batches are read or segmented at once (default 2 per actor), so memory
-stays flat for a cohort of any size. A batch's objects reach the slide's writer only from the
-call that completed, so a killed actor loses and duplicates nothing. Failures stay with their
-slide (see ``executor.py``).
+Bounded everywhere, so memory stays flat for a cohort of any size: slides are planned lazily (at
+most ``PLAN_AHEAD`` plans outstanding, only while the batch queue runs short), and at most
+``max_in_flight`` batches are being read, segmented *or written* at once (default 2 per actor + 1):
+a batch frees its slot when its slide's writer has taken its objects, so a slow writer slows
+reading instead of filling memory. The loop never blocks on one thing: plans, batches, writer
+calls and slide commits are all waited on together. A batch's objects reach the slide's writer
+only from the call that completed, so a killed actor loses and duplicates nothing. Failures stay
+with their slide (see ``executor.py``).
 """
 from __future__ import annotations
 
 import sys
 import time
 from collections import deque
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 
 import ray
 from ray.exceptions import ActorDiedError, ActorUnavailableError, RayActorError, WorkerCrashedError
@@ -28,6 +32,8 @@ _plan_remote = ray.remote(num_cpus=0.25, max_retries=0)(plan_task)
 _read_remote = ray.remote(num_cpus=0.25, max_retries=1)(read_task)
 #: Errors that mean "the model actor's process died", not "the batch raised".
 _DEATHS = (ActorDiedError, ActorUnavailableError, RayActorError, WorkerCrashedError)
+#: Slides being planned at once (plans run as tasks: detectors, opening the slide).
+PLAN_AHEAD = 2
 
 
 class SlideFailedError(RuntimeError):
@@ -57,7 +63,6 @@ class _SlideState:
     plan: SlidePlan
     writer: "ray.actor.ActorHandle"
     batches_left: int
-    add_refs: list = field(default_factory=list)
     t0: float = 0.0
 
 
@@ -70,12 +75,13 @@ class CohortStream:
         self.run_context = RunContext(cfg_run.get("schedule", {}), cfg_run.get("output", {}), cfg_run.get("segmenter", ""),
                               manifest.run_id, settings)
         self.label_mpp = output.label_mpp or schedule.hr_mpp
-        self.max_in_flight = cfg.max_in_flight or 2 * len(actors)
-        self.plan_refs = deque(_plan_remote.remote(s, None if prompts is None else prompts.get(s.slide_id, []),
-                                                   detector, schedule) for s in todo)
+        self.max_in_flight = cfg.max_in_flight or 2 * len(actors) + 1
+        self.plans: dict = {}  # plan ref -> SlideInfo
         self.states: dict[str, _SlideState] = {}
         self.queue: deque[_Batch] = deque()
-        self.in_flight: dict = {}  # report ref -> (batch, objects ref, actor index)
+        self.in_flight: dict = {}  # report ref -> (batch, objects ref, actor index, pid)
+        self.writing: dict = {}  # writer add ref -> slide id (the batch still holds its slot)
+        self.commits: dict = {}  # writer commit ref -> slide id
         # After a call on actor k failed: identify ref -> (k, when asked, the batches that failed on
         # it). An actor gets no work until its probe answers: Ray rejects calls made while an actor
         # restarts, and the answer's pid tells whether the process really died.
@@ -90,18 +96,25 @@ class CohortStream:
     def run(self) -> dict[str, SlideResult]:
         t_start = time.perf_counter()
         try:
-            while self.todo or self.queue or self.in_flight or self.states:
-                # Keep one slide ahead planned so the actors never wait for a plan.
-                while self.todo and (len(self.queue) < self.max_in_flight or not self.states):
-                    self._open_next_slide()
+            while self.todo or self.plans or self.states:
+                self._plan_ahead()
                 self._dispatch()
-                if self.in_flight or self.probes:
-                    done, _ = ray.wait(list(self.in_flight) + list(self.probes), num_returns=1)
-                    for ref in done:
-                        self._probe(ref) if ref in self.probes else self._collect(ref)
-                elif self.states and not self.queue:
-                    for sid in [s for s, st in self.states.items() if st.batches_left == 0]:
-                        self._finish_slide(sid)
+                waiting = [*self.in_flight, *self.probes, *self.writing, *self.commits, *self.plans]
+                if not waiting:
+                    raise RuntimeError(f"internal error: slides {sorted(self.states)} have work left but nothing "
+                                       "is running")
+                done, _ = ray.wait(waiting, num_returns=1)
+                for ref in done:
+                    if ref in self.probes:
+                        self._probe(ref)
+                    elif ref in self.in_flight:
+                        self._collect(ref)
+                    elif ref in self.writing:
+                        self._written(ref)
+                    elif ref in self.commits:
+                        self._committed(ref)
+                    else:
+                        self._open_slide(ref)
         except BaseException as exc:
             interrupted = isinstance(exc, KeyboardInterrupt)
             for sid in list(self.states):
@@ -120,11 +133,19 @@ class CohortStream:
         self.manifest.totals["wall_s"] = time.perf_counter() - t_start
         return self.results
 
-    def _open_next_slide(self) -> None:
-        info = self.todo.popleft()
-        plan_ref = self.plan_refs.popleft()
+    def _plan_ahead(self) -> None:
+        """Start planning the next slides while the batch queue runs short (bounded look-ahead)."""
+        while (self.todo and len(self.plans) < PLAN_AHEAD and len(self.queue) < self.max_in_flight
+               and len(self.states) <= self.max_in_flight):
+            info = self.todo.popleft()
+            slide_prompts = None if self.prompts is None else self.prompts.get(info.slide_id, [])
+            self.plans[_plan_remote.remote(info, slide_prompts, self.detector, self.schedule)] = info
+            self.manifest.slides[info.slide_id].status = "running"
+
+    def _open_slide(self, plan_ref) -> None:
+        """A plan is ready: start the slide's writer and queue its batches."""
+        info = self.plans.pop(plan_ref)
         entry = self.manifest.slides[info.slide_id]
-        entry.status = "running"
         try:
             plan: SlidePlan = ray.get(plan_ref)
         except Exception as exc:  # noqa: BLE001 - unreadable slide, detector error: this slide fails
@@ -145,10 +166,10 @@ class CohortStream:
         self.queue.extend(_Batch(info.slide_id, i, b) for i, b in enumerate(batches))
         self.bars.windows.total = (self.bars.windows.total or 0) + len(plan.windows)
         if not batches:
-            self._finish_slide(info.slide_id)
+            self._commit(info.slide_id)
 
     def _dispatch(self) -> None:
-        while self.queue and len(self.in_flight) < self.max_in_flight:
+        while self.queue and len(self.in_flight) + len(self.writing) < self.max_in_flight:
             batch = self.queue[0]
             if batch.slide_id not in self.states:  # its slide failed meanwhile
                 self.queue.popleft()
@@ -193,7 +214,7 @@ class CohortStream:
         if st is None:
             return
         entry = self.manifest.slides[batch.slide_id]
-        st.add_refs.append(st.writer.add.remote(objects_ref))
+        self.writing[st.writer.add.remote(objects_ref)] = batch.slide_id
         entry.objects += report.objects
         entry.windows_computed += len(report.window_ids)
         worker = asdict(report.worker)
@@ -204,7 +225,16 @@ class CohortStream:
         self.bars.windows.update(len(report.window_ids))
         self.bars.objects.update(report.objects)
         if st.batches_left == 0:
-            self._finish_slide(batch.slide_id)
+            self._commit(batch.slide_id)
+
+    def _written(self, ref) -> None:
+        """The writer took a batch's objects: the batch's slot is free."""
+        slide_id = self.writing.pop(ref)
+        try:
+            ray.get(ref)
+        except Exception as exc:  # noqa: BLE001 - the writer failed: this slide fails
+            if slide_id in self.states:
+                self._fail(slide_id, exc, stage="writing")
 
     def _probe(self, ref) -> None:
         """An actor answered (or not) after calls on it failed: count deaths, requeue or fail batches."""
@@ -238,21 +268,31 @@ class CohortStream:
 
     # -- ends of a slide ------------------------------------------------------------------------
 
-    def _finish_slide(self, slide_id: str) -> None:
+    def _commit(self, slide_id: str) -> None:
+        """Every batch of the slide is segmented: ask its writer to publish (after the adds it has)."""
         st = self.states[slide_id]
         entry = self.manifest.slides[slide_id]
         res = SlideResult.of_plan(st.plan, slide_dir(self.output_dir, slide_id), entry.objects,
                                   {"wall": time.perf_counter() - st.t0,
                                    "segment": sum(b["seconds"] for b in entry.batches)})
         summary = slide_summary(res, st.info, st.plan, self.run_context)
+        # A writer runs its calls in order, so the commit follows every add; one that failed makes
+        # the commit refuse (SlideWriterActor), so a slide is never published with a batch missing.
+        self.commits[st.writer.commit.remote(summary, st.plan.prompts)] = (slide_id, res)
+
+    def _committed(self, ref) -> None:
+        slide_id, res = self.commits.pop(ref)
+        st = self.states.get(slide_id)
+        if st is None:  # failed meanwhile
+            return
         try:
-            ray.get(st.add_refs)
-            res.timings_s["stitch"] = ray.get(st.writer.commit.remote(summary, st.plan.prompts))
+            res.timings_s["stitch"] = ray.get(ref)
         except Exception as exc:  # noqa: BLE001 - the writer failed: this slide fails
             self._fail(slide_id, exc, stage="writing")
             return
         self.states.pop(slide_id)
         ray.kill(st.writer)
+        entry = self.manifest.slides[slide_id]
         entry.status, entry.seconds = "done", res.timings_s
         self.results[slide_id] = res
         self.manifest.write(self.output_dir)
@@ -280,6 +320,7 @@ class CohortStream:
             ray.kill(st.writer)
         remove_tree(self.output_dir, partial_dir(self.output_dir, slide_id).name)
         self.queue = deque(b for b in self.queue if b.slide_id != slide_id)
+        self.writing = {r: sid for r, sid in self.writing.items() if sid != slide_id}
 
 
 def _say(message: str) -> None:
