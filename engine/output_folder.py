@@ -19,8 +19,9 @@ import json
 import os
 import shutil
 import socket
-import tempfile
 from pathlib import Path
+
+from .io import atomic
 
 MANIFEST_NAME = "run_manifest.json"
 RUNS_DIR = ".runs"
@@ -72,19 +73,19 @@ def remove_tree(root: str | os.PathLike, name: str) -> None:
         path.unlink()
 
 
+def slide_id_of_folder(folder: str | os.PathLike) -> str:
+    """The slide a slide folder belongs to: ``<slide_id>`` or ``.<slide_id>.partial``."""
+    name = Path(folder).name
+    if name.startswith(".") and name.endswith(".partial"):
+        return name[1:-len(".partial")]
+    return name
+
+
 def write_json_atomic(root: str | os.PathLike, relative: str, data: dict) -> Path:
-    """Write ``data`` as JSON to ``root/relative`` via a temporary file and a rename."""
+    """Write ``data`` as JSON to ``root/relative`` (checked by :func:`inside`), atomically."""
     path = inside(root, *Path(relative).parts)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w") as f:
-            json.dump(data, f, indent=2, default=str)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-    return path
+    return atomic.write_json(path, data, indent=2, default=str)
 
 
 class OutputLockedError(ValueError):

@@ -30,8 +30,10 @@ from .segmenters import WindowJob, WindowSegmenter
 from .slide_result import (GEOJSON_NAME, LABELS_NAME, PARQUET_NAME, PROMPTS_NAME, RunContext, SlideResult,
                            slide_summary)
 from .slides import Slide, SlideInfo
-from .prompts import write_prompts_geojson
-from .stitching import LabelImageWriter, write_geoparquet, write_qupath_geojson
+from .io.geojson import write_qupath_geojson
+from .io.geoparquet import write_geoparquet
+from .io.prompt_files import write_prompts_geojson
+from .stitching import LabelImageWriter
 from .stitching.mask_cleaning import clean_mask
 from .stitching.polygons import SLIDE_COLUMNS, rows_to_geodataframe
 

@@ -73,21 +73,21 @@ Empty files (an empty FeatureCollection or list, a CSV with only its header, a P
 without rows) give no prompts: ``{slide_id: []}`` with ``slide_id``, ``{}`` without.
 
 Validation against a slide: :func:`validate_prompts` (see there).
+
+The formats are parsed in :mod:`engine.io.prompt_files` (one feature/row to one part); this module
+groups the parts into prompts, assigns slides and ids, converts units and validates. Prompts are
+written back by :func:`engine.io.prompt_files.write_prompts_geojson`.
 """
 from __future__ import annotations
 
-import csv
-import hashlib
-import json
 import math
 import warnings
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-
+from .io.prompt_files import NEGATIVE_CLASS_NAMES, PromptError, PromptFileError, PromptPart, read_prompt_parts
 from .records import Prompt
 
 __all__ = [
@@ -97,388 +97,8 @@ __all__ = [
     "read_prompts",
     "check_slide_ids",
     "validate_prompts",
-    "write_prompts_geojson",
     "NEGATIVE_CLASS_NAMES",
 ]
-
-GEOJSON_SUFFIXES = (".geojson", ".json")
-CSV_SUFFIXES = (".csv",)
-PARQUET_SUFFIXES = (".parquet", ".geoparquet")
-BOX_COLUMNS = ("x0", "y0", "x1", "y1")
-POINT_COLUMNS = ("x", "y")
-NEGATIVE_CLASS_NAMES = frozenset({"negative", "background"})
-_BOX_GEOMS = ("Polygon", "MultiPolygon")
-_POINT_GEOMS = ("Point", "MultiPoint")
-
-
-class PromptError(ValueError):
-    """A prompt is invalid (names the slide and prompt)."""
-
-
-class PromptFileError(PromptError):
-    """A prompt file cannot be read; the message names the file and, where relevant, the
-    feature/row and what is wrong."""
-
-    def __init__(self, path: str | Path | None, message: str, where: str | None = None) -> None:
-        self.path = None if path is None else Path(path)
-        self.where = where
-        self.reason = message
-        parts = [str(self.path) if self.path is not None else "prompts"]
-        if where:
-            parts.append(where)
-        parts.append(message)
-        super().__init__(": ".join(parts))
-
-
-# --------------------------------------------------------------------------------------------
-# One feature/row before grouping
-
-
-@dataclass
-class _Part:
-    where: str
-    slide_id: str | None
-    group: str | None
-    box: tuple[float, float, float, float] | None
-    points: list[tuple[float, float]] = field(default_factory=list)
-    labels: list[int] = field(default_factory=list)
-    class_name: str | None = None
-    name: str | None = None
-
-
-def _is_missing(v: Any) -> bool:
-    """None, NaN, a blank string or a pandas NA scalar (empty CSV cell, null Parquet value)."""
-    if v is None:
-        return True
-    if hasattr(v, "item") and getattr(v, "ndim", None) == 0:  # numpy scalar
-        v = v.item()
-    if isinstance(v, float):
-        return math.isnan(v)
-    if isinstance(v, str):
-        return not v.strip()
-    return type(v).__name__ in ("NAType", "NaTType")
-
-
-def _as_id(v: Any) -> str | None:
-    """Slide/group ids as strings (1, 1.0 and "1" are the same id)."""
-    if _is_missing(v):
-        return None
-    if isinstance(v, bool):
-        return str(int(v))
-    if isinstance(v, float) and v.is_integer():
-        return str(int(v))
-    if hasattr(v, "item") and not isinstance(v, str):  # numpy scalar
-        return _as_id(v.item())
-    return str(v).strip()
-
-
-def _as_text(v: Any) -> str | None:
-    return None if _is_missing(v) else str(v)
-
-
-def _parse_label(v: Any, path: Path, where: str) -> int | None:
-    if _is_missing(v):
-        return None
-    if hasattr(v, "item") and not isinstance(v, str):
-        v = v.item()
-    if isinstance(v, bool):
-        return int(v)
-    if isinstance(v, (int, float)) and v in (0, 1):
-        return int(v)
-    if isinstance(v, str):
-        s = v.strip().lower()
-        table = {"1": 1, "0": 0, "1.0": 1, "0.0": 0, "true": 1, "false": 0, "positive": 1, "negative": 0}
-        if s in table:
-            return table[s]
-    raise PromptFileError(path, f"label must be 1 (positive) or 0 (negative), got {v!r}", where)
-
-
-def _parse_float(v: Any, column: str, path: Path, where: str) -> float:
-    try:
-        f = float(v)
-    except (TypeError, ValueError):
-        raise PromptFileError(path, f"column {column!r} is not a number: {v!r}", where) from None
-    if not math.isfinite(f):
-        raise PromptFileError(path, f"column {column!r} is {v!r}: non-finite coordinate", where)
-    return f
-
-
-def _classification_name(props: Mapping[str, Any]) -> str | None:
-    c = props.get("classification")
-    if isinstance(c, str) and c.strip().startswith("{"):
-        try:
-            c = json.loads(c)
-        except json.JSONDecodeError:
-            pass
-    if isinstance(c, Mapping):
-        name = c.get("name")
-        if not _is_missing(name):
-            return str(name)
-    elif not _is_missing(c):
-        return str(c)
-    return _as_text(props.get("class_name"))
-
-
-# --------------------------------------------------------------------------------------------
-# Geometry features (GeoJSON and GeoParquet)
-
-
-def _part_from_geometry(
-    geom: Any, props: Mapping[str, Any], path: Path, where: str, slide_column: str
-) -> _Part:
-    """``geom``: a shapely geometry (already parsed)."""
-    import shapely
-
-    if geom is None or geom.is_empty:
-        raise PromptFileError(path, "feature has no (or an empty) geometry", where)
-    gtype = geom.geom_type
-    xy = shapely.get_coordinates(geom)
-    finite = np.isfinite(xy).all(axis=1)
-    if not finite.all():  # shapely's bounds skip NaN: a NaN vertex would silently shrink the box
-        x, y = (float(v) for v in xy[~finite][0])
-        raise PromptFileError(path, f"non-finite coordinate ({x}, {y}) in {gtype}", where)
-    if gtype not in _BOX_GEOMS + _POINT_GEOMS:
-        raise PromptFileError(
-            path,
-            f"unsupported geometry type {gtype!r}; prompts are {', '.join(_BOX_GEOMS + _POINT_GEOMS)}",
-            where,
-        )
-    class_name = _classification_name(props)
-    class_is_negative = class_name is not None and class_name.strip().lower() in NEGATIVE_CLASS_NAMES
-    label = _parse_label(props.get("label"), path, where)
-    part = _Part(
-        where=where,
-        slide_id=_as_id(props.get(slide_column)),
-        group=_as_id(props.get("group")),
-        box=None,
-        name=_as_text(props.get("name")),
-        class_name=None if class_is_negative else class_name,
-    )
-    if gtype in _BOX_GEOMS:
-        if label == 0 or (label is None and class_is_negative):
-            raise PromptFileError(
-                path, f"a {gtype} is a box prompt and cannot be negative (label 0 / class {class_name!r})", where
-            )
-        minx, miny, maxx, maxy = (float(b) for b in geom.bounds)
-        if not (maxx > minx and maxy > miny):
-            raise PromptFileError(
-                path, f"zero-area box ({minx}, {miny}, {maxx}, {maxy}) from a {gtype}: x1 <= x0 or y1 <= y0", where
-            )
-        part.box = (minx, miny, maxx, maxy)
-        return part
-    pts = [geom] if gtype == "Point" else list(geom.geoms)
-    coords = [(float(p.x), float(p.y)) for p in pts]
-    raw = props.get("point_labels")
-    if isinstance(raw, str) and raw.strip().startswith("["):
-        try:
-            raw = json.loads(raw)
-        except json.JSONDecodeError:
-            raise PromptFileError(path, f"point_labels is not a list: {raw!r}", where) from None
-    if hasattr(raw, "tolist"):
-        raw = raw.tolist()
-    if isinstance(raw, list) or not _is_missing(raw):
-        if not isinstance(raw, list) or len(raw) != len(coords):
-            raise PromptFileError(
-                path, f"point_labels must be a list of {len(coords)} labels (one per point), got {raw!r}", where
-            )
-        labels = [_parse_label(v, path, where) for v in raw]
-        if any(v is None for v in labels):
-            raise PromptFileError(path, f"point_labels has a missing label: {raw!r}", where)
-    else:
-        one = label if label is not None else (0 if class_is_negative else 1)
-        labels = [one] * len(coords)
-    part.points = coords
-    part.labels = [int(v) for v in labels]
-    return part
-
-
-def _check_geojson_coordinates(coords: Any, gtype: Any, path: Path, where: str) -> None:
-    """Every leaf of a GeoJSON ``coordinates`` array must be a finite number (checked before
-    shapely, which reports a NaN vertex as an unclosed ring or leaves it out of the bounds)."""
-    stack = [] if coords is None else [coords]  # no coordinates: shapely says what is wrong
-    while stack:
-        c = stack.pop()
-        if isinstance(c, list):
-            stack.extend(reversed(c))
-        elif isinstance(c, bool) or not isinstance(c, (int, float)):
-            raise PromptFileError(path, f"{gtype} coordinate {c!r} is not a number", where)
-        elif not math.isfinite(c):
-            raise PromptFileError(path, f"non-finite coordinate {c} in {gtype}", where)
-
-
-def _geojson_parts(path: Path, slide_column: str) -> tuple[list[_Part], bool]:
-    from shapely.geometry import shape
-
-    try:
-        text = path.read_text(encoding="utf-8-sig")
-    except UnicodeDecodeError as exc:
-        raise PromptFileError(path, f"not a UTF-8 text file ({exc.reason})") from None
-    try:
-        doc = json.loads(text)
-    except json.JSONDecodeError as exc:
-        raise PromptFileError(path, f"not valid JSON: {exc.msg} at line {exc.lineno} column {exc.colno}") from None
-
-    geometry_types = {"Point", "MultiPoint", "LineString", "MultiLineString", "Polygon", "MultiPolygon",
-                      "GeometryCollection"}
-    if isinstance(doc, list):
-        features = doc
-    elif isinstance(doc, dict) and doc.get("type") == "FeatureCollection":
-        features = doc.get("features")
-        if not isinstance(features, list):
-            raise PromptFileError(path, "FeatureCollection without a 'features' list")
-    elif isinstance(doc, dict) and doc.get("type") == "Feature":
-        features = [doc]
-    elif isinstance(doc, dict) and doc.get("type") in geometry_types:
-        features = [{"type": "Feature", "geometry": doc, "properties": {}}]
-    else:
-        what = type(doc).__name__
-        if isinstance(doc, dict):
-            what = f"an object with type {doc['type']!r}" if "type" in doc else "an object without a 'type'"
-        raise PromptFileError(
-            path, f"not GeoJSON: expected a FeatureCollection, a Feature or a list of Features, got {what}"
-        )
-
-    parts = []
-    has_slide_column = False
-    for i, feat in enumerate(features):
-        where = f"feature {i}"
-        if not isinstance(feat, dict) or feat.get("type") != "Feature":
-            got = feat.get("type") if isinstance(feat, dict) else type(feat).__name__
-            raise PromptFileError(path, f"not a GeoJSON Feature (type {got!r})", where)
-        props = feat.get("properties") or {}
-        if not isinstance(props, dict):
-            raise PromptFileError(path, "'properties' is not an object", where)
-        has_slide_column |= slide_column in props
-        g = feat.get("geometry")
-        if g is None:
-            raise PromptFileError(path, "feature has no geometry", where)
-        if isinstance(g, dict):
-            _check_geojson_coordinates(g.get("coordinates"), g.get("type"), path, where)
-        try:
-            geom = shape(g)
-        except Exception as exc:  # shapely raises several types for malformed geometries
-            raise PromptFileError(path, f"invalid geometry: {exc}", where) from None
-        parts.append(_part_from_geometry(geom, props, path, where, slide_column))
-    return parts, has_slide_column
-
-
-# --------------------------------------------------------------------------------------------
-# Tables (CSV and plain Parquet)
-
-
-def _table_parts(
-    rows: Iterable[tuple[str, Mapping[str, Any]]], columns: list[str], path: Path, slide_column: str
-) -> tuple[list[_Part], bool]:
-    cols = set(columns)
-    has_box = all(c in cols for c in BOX_COLUMNS)
-    has_point = all(c in cols for c in POINT_COLUMNS)
-    partial_box = [c for c in BOX_COLUMNS if c not in cols] if any(c in cols for c in BOX_COLUMNS) else []
-    partial_point = [c for c in POINT_COLUMNS if c not in cols] if any(c in cols for c in POINT_COLUMNS) else []
-    if partial_box or partial_point or not (has_box or has_point):
-        missing = partial_box + partial_point
-        detail = f" (missing {', '.join(missing)})" if missing else ""
-        raise PromptFileError(
-            path,
-            "missing required columns: need x0,y0,x1,y1 (boxes) and/or x,y (points)"
-            f"{detail}; found {', '.join(columns) or 'no columns'}",
-        )
-    parts = []
-    for where, row in rows:
-        box = None
-        if has_box:
-            vals = [row.get(c) for c in BOX_COLUMNS]
-            filled = [not _is_missing(v) for v in vals]
-            if any(filled) and not all(filled):
-                empty = [c for c, f in zip(BOX_COLUMNS, filled) if not f]
-                raise PromptFileError(path, f"incomplete box: {', '.join(empty)} empty", where)
-            if all(filled):
-                x0, y0, x1, y1 = (_parse_float(v, c, path, where) for v, c in zip(vals, BOX_COLUMNS))
-                if not (x1 > x0 and y1 > y0):
-                    raise PromptFileError(path, f"zero-area box ({x0}, {y0}, {x1}, {y1}): x1 <= x0 or y1 <= y0", where)
-                box = (x0, y0, x1, y1)
-        points: list[tuple[float, float]] = []
-        labels: list[int] = []
-        if has_point:
-            vx, vy = row.get("x"), row.get("y")
-            if _is_missing(vx) != _is_missing(vy):
-                raise PromptFileError(path, "incomplete point: x and y must both be filled", where)
-            if not _is_missing(vx):
-                points = [(_parse_float(vx, "x", path, where), _parse_float(vy, "y", path, where))]
-                lab = _parse_label(row.get("label"), path, where)
-                labels = [1 if lab is None else lab]
-        if box is None and not points:
-            raise PromptFileError(path, "row has neither a box (x0,y0,x1,y1) nor a point (x,y)", where)
-        parts.append(
-            _Part(
-                where=where,
-                slide_id=_as_id(row.get(slide_column)),
-                group=_as_id(row.get("group")),
-                box=box,
-                points=points,
-                labels=labels,
-                class_name=_as_text(row.get("class_name")),
-                name=_as_text(row.get("name")),
-            )
-        )
-    return parts, slide_column in cols
-
-
-def _csv_parts(path: Path, slide_column: str) -> tuple[list[_Part], bool]:
-    try:
-        with path.open(newline="", encoding="utf-8-sig") as f:
-            reader = csv.DictReader(f)
-            columns = [c.strip() for c in (reader.fieldnames or [])]
-            reader.fieldnames = columns
-            rows = []
-            for row in reader:
-                if None in row:
-                    raise PromptFileError(path, "more cells than header columns", f"line {reader.line_num}")
-                if all(_is_missing(v) for v in row.values()):
-                    continue  # blank line
-                rows.append((f"line {reader.line_num}", row))
-    except UnicodeDecodeError as exc:
-        raise PromptFileError(path, f"not a UTF-8 text file ({exc.reason})") from None
-    except csv.Error as exc:
-        raise PromptFileError(path, f"not a readable CSV file: {exc}") from None
-    return _table_parts(rows, columns, path, slide_column)
-
-
-def _parquet_parts(path: Path, slide_column: str) -> tuple[list[_Part], bool]:
-    import pyarrow.parquet as pq
-
-    try:
-        schema = pq.read_schema(path)
-    except Exception as exc:  # pyarrow raises ArrowInvalid / OSError for non-Parquet input
-        raise PromptFileError(path, f"not a readable Parquet file: {exc}") from None
-    meta = schema.metadata or {}
-    if b"geo" not in meta:
-        import pandas as pd
-
-        df = pd.read_parquet(path)
-        columns = [str(c) for c in df.columns]
-        records = df.to_dict(orient="records")
-        return _table_parts(((f"row {i}", r) for i, r in enumerate(records)), columns, path, slide_column)
-
-    import geopandas as gpd
-
-    try:
-        gdf = gpd.read_parquet(path)
-    except Exception as exc:
-        raise PromptFileError(path, f"not a readable GeoParquet file: {exc}") from None
-    if gdf.crs is not None:
-        warnings.warn(
-            f"{path}: GeoParquet has CRS {gdf.crs.to_string()}; prompts are read as level-0 slide pixels "
-            "(no CRS) regardless",
-            stacklevel=3,
-        )
-    geom_col = gdf.geometry.name
-    prop_cols = [c for c in gdf.columns if c != geom_col]
-    props_list = gdf[prop_cols].to_dict(orient="records")
-    parts = [
-        _part_from_geometry(geom, props, path, f"row {i}", slide_column)
-        for i, (geom, props) in enumerate(zip(gdf.geometry, props_list))
-    ]
-    return parts, slide_column in prop_cols
 
 
 # --------------------------------------------------------------------------------------------
@@ -496,7 +116,7 @@ def _mpp_for(slide: str, slide_mpp: float | Mapping[str, float] | None, path: Pa
 
 
 def _assemble(
-    parts: list[_Part],
+    parts: list[PromptPart],
     has_slide_column: bool,
     path: Path,
     slide_id: str | None,
@@ -509,7 +129,7 @@ def _assemble(
         raise PromptFileError(
             path, f"no slide id: pass slide_id for a one-slide file, or give each row a {slide_column!r} column/property"
         )
-    kept: list[tuple[str, _Part]] = []
+    kept: list[tuple[str, PromptPart]] = []
     seen_other: set[str] = set()
     for p in parts:
         if slide_id is not None:
@@ -529,7 +149,7 @@ def _assemble(
         )
 
     # group: (slide, group id or a unique key) -> parts, in order of first appearance
-    groups: dict[tuple[str, Any], list[_Part]] = {}
+    groups: dict[tuple[str, Any], list[PromptPart]] = {}
     for i, (slide, p) in enumerate(kept):
         key = (slide, ("group", p.group) if p.group is not None else ("single", i))
         groups.setdefault(key, []).append(p)
@@ -608,16 +228,7 @@ def read_prompts(
         slide_id = str(slide_id)
     if not path.is_file():
         raise PromptFileError(path, "file not found" if not path.exists() else "not a file")
-    suffix = path.suffix.lower()
-    if suffix in GEOJSON_SUFFIXES:
-        parts, has_col = _geojson_parts(path, slide_column)
-    elif suffix in CSV_SUFFIXES:
-        parts, has_col = _csv_parts(path, slide_column)
-    elif suffix in PARQUET_SUFFIXES:
-        parts, has_col = _parquet_parts(path, slide_column)
-    else:
-        known = ", ".join(GEOJSON_SUFFIXES + CSV_SUFFIXES + PARQUET_SUFFIXES)
-        raise PromptFileError(path, f"unknown prompt file type {suffix!r}; expected one of {known}")
+    parts, has_col = read_prompt_parts(path, slide_column)
     return _assemble(parts, has_col, path, slide_id, slide_column, units, slide_mpp, known_slide_ids)
 
 
@@ -741,59 +352,3 @@ def validate_prompts(
         dropped_prompt_ids=tuple(d.prompt_id for d in dropped),
     )
     return kept, report
-
-
-# --------------------------------------------------------------------------------------------
-# Writer
-
-
-def _class_color(name: str) -> list[int]:
-    h = hashlib.sha1(name.encode("utf-8")).digest()
-    return [64 + h[0] % 192, 64 + h[1] % 192, 64 + h[2] % 192]
-
-
-def write_prompts_geojson(
-    prompts: Iterable[Prompt], path: str | Path, slide_column: str | None = "slide_id",
-    id_column: str | None = None,
-) -> Path:
-    """Write prompts as a QuPath-style GeoJSON FeatureCollection (level-0 px, no CRS).
-
-    A box becomes a rectangle Polygon annotation, points a Point (one) or MultiPoint (several)
-    annotation with ``label`` (all points alike) or ``point_labels``. A prompt written as
-    two features (box and points) gets ``properties.group = "<slide>:<prompt_id>"``. The
-    class is ``properties.classification = {name, color}``; ``slide_column`` (unless None)
-    holds the slide id; ``id_column`` (unless None) the ``prompt_id``. :func:`read_prompts` reads
-    the file back to the same prompts (ids renumbered 0..N-1 in file order).
-    """
-    path = Path(path)
-    features = []
-    for p in prompts:
-        base: dict[str, Any] = {"objectType": "annotation"}
-        if p.name is not None:
-            base["name"] = p.name
-        if p.class_name is not None:
-            base["classification"] = {"name": p.class_name, "color": _class_color(p.class_name)}
-        if slide_column is not None:
-            base[slide_column] = p.slide_id
-        if id_column is not None:
-            base[id_column] = int(p.prompt_id)
-        if p.box_l0_px is not None and p.points_l0_px:
-            base["group"] = f"{p.slide_id}:{p.prompt_id}"
-        if p.box_l0_px is not None:
-            x0, y0, x1, y1 = (float(v) for v in p.box_l0_px)
-            ring = [[x0, y0], [x1, y0], [x1, y1], [x0, y1], [x0, y0]]
-            features.append({"type": "Feature", "geometry": {"type": "Polygon", "coordinates": [ring]},
-                             "properties": dict(base)})
-        if p.points_l0_px:
-            props = dict(base)
-            coords = [[float(x), float(y)] for x, y in p.points_l0_px]
-            labels = [int(v) for v in p.point_labels]
-            if len(set(labels)) == 1:
-                props["label"] = labels[0]
-            else:
-                props["point_labels"] = labels
-            geom = ({"type": "Point", "coordinates": coords[0]} if len(coords) == 1
-                    else {"type": "MultiPoint", "coordinates": coords})
-            features.append({"type": "Feature", "geometry": geom, "properties": props})
-    path.write_text(json.dumps({"type": "FeatureCollection", "features": features}, indent=1), encoding="utf-8")
-    return path

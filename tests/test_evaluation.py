@@ -20,9 +20,10 @@ from engine.prompts import read_prompts
 from engine.records import ObjectMask
 from engine.scheduler import ScheduleConfig
 from engine.segmenters import TruthSegmenter
-from engine.stitching import LabelImageWriter, write_geoparquet
+from engine.io.geoparquet import write_geoparquet
+from engine.stitching import LabelImageWriter
 from engine.stitching.polygons import objects_to_geodataframe
-from engine.support.synthetic import make_synthetic_slide, write_qupath_geojson
+from engine.support.synthetic import make_synthetic_slide
 
 SCHEDULE = ScheduleConfig(patch_px=256, hr_mpp=1.0, lr_mpp=2.0, context_px=16)
 

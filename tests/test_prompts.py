@@ -13,8 +13,8 @@ from engine.prompts import (
     check_slide_ids,
     read_prompts,
     validate_prompts,
-    write_prompts_geojson,
 )
+from engine.io.prompt_files import write_prompts_geojson
 from engine.records import Prompt
 
 

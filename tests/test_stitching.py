@@ -24,13 +24,13 @@ from rasterio.features import rasterize
 from rasterio.transform import Affine
 
 from engine.records import ObjectMask
+from engine.io.geojson import write_qupath_geojson
+from engine.io.geopackage import write_gis_geopackage
+from engine.io.geoparquet import write_geoparquet
 from engine.stitching import (
     LabelImageWriter,
     object_polygon,
     objects_to_geodataframe,
-    write_geoparquet,
-    write_gis_geopackage,
-    write_qupath_geojson,
 )
 
 SLIDE_W_L0_PX, SLIDE_H_L0_PX, SLIDE_MPP, LABEL_MPP = 4000, 3000, 0.5, 1.0

@@ -14,7 +14,8 @@ from rasterio.features import rasterize
 from shapely.geometry import Polygon, box, shape
 
 from engine.slides import open_slide
-from engine.support.synthetic import CLASS_NAMES, make_synthetic_slide
+from engine.support.synthetic import make_synthetic_slide
+from engine.support.synthetic_scene import CLASS_NAMES
 
 MPP = 0.5
 W = H = 4096
@@ -219,7 +220,7 @@ def test_huge_slide_in_little_memory(tmp_path):
 def test_context_objects_need_the_lr_field(tmp_path):
     """``dcis`` objects: bigger than the 256 µm HR field, within the 512 µm LR field, solid truth,
     a thin purple rim around an interior painted like the stroma outside, debris inside."""
-    from engine.support.synthetic import CONTEXT_CLASS_NAMES
+    from engine.support.synthetic_scene import CONTEXT_CLASS_NAMES
 
     n = 3072
     s = make_synthetic_slide(tmp_path / "ctx.ome.tif", n, n, mpp=MPP, n_objects=12, n_large=0,

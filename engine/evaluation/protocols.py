@@ -40,7 +40,6 @@ Protocols (names as the ``experiment`` command takes them):
 """
 from __future__ import annotations
 
-import json
 import math
 import zlib
 from abc import ABC, abstractmethod
@@ -54,7 +53,7 @@ from affine import Affine
 from rasterio.features import rasterize
 
 from ..detectors import MaskToBoxesDetector
-from ..prompts import write_prompts_geojson
+from ..io.prompt_files import write_prompts_geojson
 from ..protocol_names import PROTOCOL_NAMES
 from ..records import Prompt
 from .matching import parse_truth_link, truth_link_name
@@ -164,15 +163,14 @@ class Protocol(ABC):
 
 
 def write_linked_prompts(prompts: list[Prompt], path: str | Path) -> Path:
-    """:func:`engine.prompts.write_prompts_geojson`, plus ``properties.truth_id`` on linked prompts."""
-    path = write_prompts_geojson(prompts, path, slide_column=None)
-    doc = json.loads(path.read_text(encoding="utf-8"))
-    for f in doc["features"]:
-        t = parse_truth_link(f["properties"].get("name"))
-        if t is not None:
-            f["properties"]["truth_id"] = t
-    path.write_text(json.dumps(doc, indent=1), encoding="utf-8")
-    return path
+    """:func:`engine.io.prompt_files.write_prompts_geojson`, plus ``properties.truth_id`` on linked
+    prompts."""
+
+    def truth_id(p: Prompt) -> dict:
+        t = parse_truth_link(p.name)
+        return {} if t is None else {"truth_id": t}
+
+    return write_prompts_geojson(prompts, path, slide_column=None, extra_properties=truth_id)
 
 
 class BoxProtocol(Protocol):

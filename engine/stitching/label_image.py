@@ -34,7 +34,7 @@ from pathlib import Path
 import numpy as np
 
 from engine.records import ObjectMask
-from engine.stitching.colors import RGB, class_color_rgb
+from engine.io.colors import RGB, class_color_rgb
 from engine.stitching.grid import LabelGrid, Window
 from engine.stitching.ngff import NgffArrays, NgffVersion, create_arrays, ngff_format, write_metadata
 from engine.stitching.overlap import ObjectEntry, check_score, paint

@@ -23,7 +23,8 @@ from pathlib import Path
 
 import numpy as np
 
-from .synthetic import CONTEXT_CLASS_NAMES, SyntheticSlide, make_synthetic_slide
+from .synthetic import SyntheticSlide, make_synthetic_slide
+from .synthetic_scene import CONTEXT_CLASS_NAMES
 
 #: The demo profile (keyword arguments of :func:`engine.support.synthetic.make_synthetic_slide`).
 DEMO_SLIDE: dict = dict(width_l0_px=8192, height_l0_px=8192, mpp=0.5, n_objects=36, context_objects=10, n_large=0,

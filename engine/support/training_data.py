@@ -9,10 +9,8 @@ rasterised in the patch's pixel frame with the pixel-centre rule (holes are back
 objects are background). A window whose HR patch holds fewer than ``min_object_px`` object
 pixels is redrawn (after 20 tries, the window is centred on the object without jitter).
 
-Annotations: QuPath-style GeoJSON (FeatureCollection, a Feature list, or one Feature; parsed with
-:mod:`json` and shapely, never with a CRS) or GeoParquet, polygons in level-0 px. Class name from
-``properties.classification.name`` (QuPath), ``classification`` as a string, or ``class_name``.
-Points, lines and empty geometries are skipped.
+Annotations: QuPath-style GeoJSON or GeoParquet polygons in level-0 px, read by
+:func:`engine.io.objects.read_object_polygons` (points, lines and empty geometries are skipped).
 
 Samples of one slide are cached in ``<cache_dir>/<slide_id>-<key>.npz``, the key hashing the slide
 file (size, mtime), the annotation file's bytes and the sample configuration.
@@ -29,13 +27,14 @@ from typing import Literal
 
 import geopandas as gpd
 import numpy as np
-import shapely
 import torch
 from affine import Affine
 from rasterio.features import rasterize
-from shapely.geometry import MultiPolygon, Polygon, box, shape
+from shapely.geometry import box
 
 from ..geometry import PatchPair
+from ..io.atomic import write_atomic
+from ..io.objects import read_object_polygons
 from ..slides import Slide, open_slide
 
 CACHE_VERSION = "1"
@@ -109,15 +108,13 @@ class SampleSet:
         """Uncompressed .npz (masks bit-packed), written atomically."""
         path = Path(path)
         path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(f".{path.name}.tmp.npz")
         n, s = self.hr_mask.shape[:2]
-        np.savez(tmp, hr=self.hr, lr=self.lr, hr_mask=np.packbits(self.hr_mask.reshape(n, -1), axis=1),
-                 lr_mask=np.packbits(self.lr_mask.reshape(n, -1), axis=1), object_id=self.object_id,
-                 class_name=self.class_name.astype(str), centre_l0_px=self.centre_l0_px,
-                 slide_id=self.slide_id.astype(str), ratio=np.float64(self.ratio), side=np.int64(s),
-                 version=np.str_(CACHE_VERSION))
-        os.replace(tmp, path)
-        return path
+        arrays = dict(hr=self.hr, lr=self.lr, hr_mask=np.packbits(self.hr_mask.reshape(n, -1), axis=1),
+                      lr_mask=np.packbits(self.lr_mask.reshape(n, -1), axis=1), object_id=self.object_id,
+                      class_name=self.class_name.astype(str), centre_l0_px=self.centre_l0_px,
+                      slide_id=self.slide_id.astype(str), ratio=np.float64(self.ratio), side=np.int64(s),
+                      version=np.str_(CACHE_VERSION))
+        return write_atomic(path, lambda tmp: np.savez(tmp, **arrays))
 
     @staticmethod
     def load_npz(path: str | os.PathLike) -> "SampleSet":
@@ -137,58 +134,10 @@ class SampleSet:
 # Annotations
 
 
-def _class_name(props: dict) -> str | None:
-    c = props.get("classification")
-    if isinstance(c, dict) and c.get("name"):
-        return str(c["name"])
-    if isinstance(c, str) and c:
-        return c
-    name = props.get("class_name")
-    return None if name is None else str(name)
-
-
 def read_annotations(path: str | os.PathLike) -> gpd.GeoDataFrame:
-    """Object polygons from a QuPath-style GeoJSON or a GeoParquet file, in level-0 px.
-
-    Returns columns ``object_id`` (the file's ``object_id`` property/column when every object has
-    one, else 1..N in file order), ``class_name`` (None when absent), ``geometry`` (valid
-    Polygon or MultiPolygon, holes kept; no CRS).
-    """
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"annotation file {path} not found")
-    if path.suffix.lower() in (".parquet", ".geoparquet"):
-        gdf = gpd.read_parquet(path)
-        records = [({"class_name": getattr(r, "class_name", None), "classification": getattr(r, "classification", None),
-                     "object_id": getattr(r, "object_id", None)}, r.geometry)
-                   for r in gdf.itertuples(index=False)]
-    else:
-        doc = json.loads(path.read_text())
-        if isinstance(doc, dict) and doc.get("type") == "FeatureCollection":
-            feats = doc.get("features", [])
-        elif isinstance(doc, dict) and doc.get("type") == "Feature":
-            feats = [doc]
-        elif isinstance(doc, list):
-            feats = doc
-        else:
-            raise ValueError(f"annotation file {path}: expected a GeoJSON FeatureCollection, Feature or Feature list")
-        records = [(f.get("properties") or {}, shape(f["geometry"]) if f.get("geometry") else None) for f in feats]
-    ids, names, geoms = [], [], []
-    for props, geom in records:
-        if geom is None or geom.is_empty or not isinstance(geom, (Polygon, MultiPolygon)):
-            continue
-        if not geom.is_valid:
-            geom = shapely.make_valid(geom)
-            geom = shapely.union_all([g for g in getattr(geom, "geoms", [geom]) if isinstance(g, (Polygon, MultiPolygon))])
-            if geom.is_empty:
-                continue
-        oid = props.get("object_id")
-        ids.append(None if oid is None or (isinstance(oid, float) and np.isnan(oid)) else int(oid))
-        names.append(_class_name(props))
-        geoms.append(geom)
-    if any(i is None for i in ids) or len(set(ids)) != len(ids):
-        ids = list(range(1, len(geoms) + 1))
-    return gpd.GeoDataFrame({"object_id": np.asarray(ids, np.int64), "class_name": names}, geometry=geoms, crs=None)
+    """Object polygons (``object_id``, ``class_name`` or None, ``geometry`` with holes; level-0 px,
+    no CRS) of a QuPath-style GeoJSON or GeoParquet file: :func:`engine.io.objects.read_object_polygons`."""
+    return read_object_polygons(path, what="annotation")
 
 
 # --------------------------------------------------------------------------------------------

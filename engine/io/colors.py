@@ -1,7 +1,9 @@
-"""Per-class display colours shared by the label image and the QuPath export.
+"""The one class-colour scheme, shared by the label image, the QuPath GeoJSON outputs (objects,
+prompts, synthetic truth) and the QC picture.
 
-A class keeps the same colour in every process and run: unknown classes are mapped to the
-palette by CRC32 of their name (Python's ``hash`` is salted per process, so it is not used).
+A class keeps the same colour in every process and run: a class without an explicit colour is
+mapped to the palette by CRC32 of its name (Python's ``hash`` is salted per process). Callers
+with colours of their own (the synthetic slides' classes) pass them as ``overrides``.
 """
 from __future__ import annotations
 
@@ -27,3 +29,8 @@ def class_color_rgb(class_name: str | None, overrides: Mapping[str, RGB] | None 
         r, g, b = overrides[class_name]
         return int(r), int(g), int(b)
     return PALETTE_RGB[zlib.crc32(class_name.encode("utf-8")) % len(PALETTE_RGB)]
+
+
+def qupath_classification(class_name: str, overrides: Mapping[str, RGB] | None = None) -> dict:
+    """QuPath's ``properties.classification``: ``{"name": ..., "color": [r, g, b]}``."""
+    return {"name": class_name, "color": list(class_color_rgb(class_name, overrides))}
