@@ -179,7 +179,8 @@ class SlideWriter:
         gdf = rows_to_geodataframe(rows, SLIDE_COLUMNS)
         write_geoparquet(gdf, self.partial / PARQUET_NAME)
         t3 = time.perf_counter()
-        write_qupath_geojson(gdf, self.partial / GEOJSON_NAME, object_type=self.cfg.geojson_object_type)
+        write_qupath_geojson(gdf, self.partial / GEOJSON_NAME, object_type=self.cfg.geojson_object_type,
+                             slide_id=self.info.slide_id)
         t4 = time.perf_counter()
         write_prompts_geojson(prompts, self.partial / PROMPTS_NAME, slide_column=None, id_column="prompt_id")
         self.timings["vectorise"] += t1 - t0
