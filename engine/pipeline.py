@@ -33,14 +33,17 @@ from .slides import Slide, SlideInfo
 from .prompts import write_prompts_geojson
 from .stitching import LabelImageWriter, write_geoparquet, write_qupath_geojson
 from .stitching.mask_cleaning import clean_mask
+from .stitching.nms import CandidateSet, MaskFilter
+from .stitching.qc_picture import write_slide_qc
 from .stitching.polygons import SLIDE_COLUMNS, rows_to_geodataframe
 
 LABELS_NAME = "labels.ome.zarr"
 PARQUET_NAME = "objects.parquet"
 GEOJSON_NAME = "objects.geojson"
 PROMPTS_NAME = "prompts.geojson"  # every prompt segmented, with its prompt_id (objects refer to it)
+QC_NAME = "qc.png"  # thumbnail with outlines and prompts (unless OutputConfig.qc is False)
 #: SlideWriter.timings keys: label image painting (add), then at commit polygons and the three outputs.
-WRITER_STAGES = ("stitch_labels", "vectorise", "write_pyramid", "write_parquet", "write_geojson")
+WRITER_STAGES = ("stitch_labels", "vectorise", "write_pyramid", "write_parquet", "write_geojson", "write_qc")
 
 
 @dataclass(frozen=True)
@@ -50,6 +53,10 @@ class OutputConfig:
     min_area_um2: float = 10.0  # mask parts (pixels and polygons) smaller than this are dropped
     min_hole_um2: float = 10.0  # holes smaller than this are filled (a duct's lumen is much larger)
     geojson_object_type: str = "detection"
+    qc: bool = True  # write qc.png (an audit picture: not compared on reruns, see run_settings)
+    # Segment everything (the grid-points detector sets it): masks filtered by score and
+    # stability, duplicates removed by NMS before painting (engine.stitching.nms). None: all kept.
+    mask_filter: MaskFilter | None = None
 
     def __post_init__(self) -> None:
         if self.ngff_version not in ("0.4", "0.5"):
@@ -63,6 +70,10 @@ class OutputConfig:
         if self.geojson_object_type not in ("detection", "annotation", "cell"):
             raise ValueError(f"geojson_object_type must be detection, annotation or cell, got "
                              f"{self.geojson_object_type!r}")
+        if not isinstance(self.qc, bool):
+            raise ValueError(f"qc must be True or False, got {self.qc!r}")
+        if self.mask_filter is not None and not isinstance(self.mask_filter, MaskFilter):
+            raise ValueError(f"mask_filter must be a MaskFilter or None, got {type(self.mask_filter).__name__}")
 
 
 @dataclass
@@ -154,6 +165,7 @@ class SlideWriter:
         self.partial = partial_dir(output_dir, slide.slide_id)
         remove_tree(output_dir, self.partial.name)  # left by a run that died
         self.partial.mkdir(parents=True)
+        self.slide = slide  # open until commit (the QC picture reads its thumbnail)
         self.slide_mpp = slide.mpp
         self.cfg = cfg
         w, h = slide.dimensions_l0_px
@@ -161,15 +173,19 @@ class SlideWriter:
                                        slide_mpp=slide.mpp, label_mpp=label_mpp, slide_id=slide.slide_id,
                                        ngff_version=cfg.ngff_version)
         self.rows: list[dict] = []
+        self.candidates = None if cfg.mask_filter is None else CandidateSet(self.labels.grid, cfg.mask_filter)
         # Seconds per output stage (label image, polygons, pyramid, parquet, geojson), for benchmarks.
         self.timings = dict.fromkeys(WRITER_STAGES, 0.0)
 
     def add(self, obj: ObjectMask) -> None:
         t0 = time.perf_counter()
-        px_um2 = obj.mask_mpp**2
-        obj.mask = clean_mask(obj.mask, self.cfg.min_area_um2 / px_um2, self.cfg.min_hole_um2 / px_um2)
-        if obj.mask.any():
-            self.labels.add(obj)
+        if self.candidates is None or self.candidates.passes(obj):  # segment everything: score, stability
+            px_um2 = obj.mask_mpp**2
+            obj.mask = clean_mask(obj.mask, self.cfg.min_area_um2 / px_um2, self.cfg.min_hole_um2 / px_um2)
+            if self.candidates is not None:
+                self.candidates.add(obj)  # painted at commit, after NMS
+            elif obj.mask.any():
+                self.labels.add(obj)
         self.timings["stitch_labels"] += time.perf_counter() - t0
 
     def object_rows(self) -> tuple[list[dict], dict]:
@@ -204,6 +220,12 @@ class SlideWriter:
         ``prompts``: the plan's prompts (each segmented once), written to ``prompts.geojson``.
         """
         t0 = time.perf_counter()
+        if self.candidates is not None:  # segment everything: duplicates removed before painting
+            for obj in self.candidates.select():
+                self.labels.add(obj)
+            summary["mask_filter"] = self.candidates.report()
+            self.timings["stitch_labels"] += time.perf_counter() - t0
+            t0 = time.perf_counter()
         rows, summary["vectors"] = self.object_rows()
         t1 = time.perf_counter()
         self.labels.close()
@@ -214,6 +236,9 @@ class SlideWriter:
         write_qupath_geojson(gdf, self.partial / GEOJSON_NAME, object_type=self.cfg.geojson_object_type)
         t4 = time.perf_counter()
         write_prompts_geojson(prompts, self.partial / PROMPTS_NAME, slide_column=None, id_column="prompt_id")
+        if self.cfg.qc:
+            write_slide_qc(self.slide, gdf, prompts, self.partial / QC_NAME)
+        self.timings["write_qc"] += time.perf_counter() - t4
         self.timings["vectorise"] += t1 - t0
         self.timings["write_pyramid"] += t2 - t1
         self.timings["write_parquet"] += t3 - t2
