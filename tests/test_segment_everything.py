@@ -201,3 +201,11 @@ def test_writer_paints_only_the_kept_masks(slide, tmp_path):
     gdf = gpd.read_parquet(tmp_path / slide.slide_id / "objects.parquet")
     assert list(gdf.prompt_id) == [1, 2] and summary["mask_filter"]["removed_by_nms"] == 1
     assert shapely.equals(gdf.geometry.iloc[0], shapely.box(104, 100, 304, 300))  # 100 px at 1 µm = 200 l0 px
+
+
+def test_stability_is_the_share_of_the_mask_left_when_the_threshold_moves():
+    import wsisam
+
+    logits = torch.tensor([[[-3.0, -0.5, 0.5, 2.0], [2.0, 2.0, 2.0, 2.0]], [[-5.0] * 4] * 2])
+    # first: 5 pixels above +1 of the 7 above -1; second: empty mask, stable by convention
+    assert wsisam.stability_scores(logits).tolist() == pytest.approx([5 / 7, 1.0])

@@ -75,6 +75,16 @@ def foreground_crops(masks: torch.Tensor) -> list[MaskCrop | None]:
     return out
 
 
+def logit_crops(logits: torch.Tensor) -> list[MaskCrop | None]:
+    """(n, S, S) logits (any device) -> each mask (logit > 0) cropped to its foreground (None when
+    empty), with its :func:`stability_scores` value."""
+    crops = foreground_crops(logits > 0.0)
+    for crop, stability in zip(crops, stability_scores(logits).cpu().numpy()):
+        if crop is not None:
+            crop.stability = float(stability)
+    return crops
+
+
 class WsiSamPredictor:
     """Predict WSI-SAM masks for prompts on concentric HR/LR patch pairs.
 
@@ -254,12 +264,7 @@ class WsiSamPredictor:
         crops: list[MaskCrop | None] = []
         ious = []
         for _, hr, _, score in self._decode(prompts, idx, add_sam_logits, False, False):
-            up = self._upsample(hr)
-            batch = foreground_crops(up > 0.0)
-            for crop, stab in zip(batch, stability_scores(up).cpu().numpy()):
-                if crop is not None:
-                    crop.stability = float(stab)
-            crops.extend(batch)
+            crops.extend(logit_crops(self._upsample(hr)))
             ious.append(score.cpu().numpy())
         return crops, np.concatenate(ious)
 

@@ -42,16 +42,16 @@ class WsiSamSegmenter:
         flat = [(k, p) for k, j in enumerate(jobs) for p in j.prompts]
         results: dict[int, ObjectMask | None] = {}
         for idx in group_by_kind([p for _, p in flat]).values():
-            masks, scores, stability = self._predict([flat[i] for i in idx], jobs)
-            for i, mask, score, stab in zip(idx, masks, scores, stability):
+            masks, scores = self._predict([flat[i] for i in idx], jobs)
+            for i, mask, score in zip(idx, masks, scores):
                 k, prompt = flat[i]
                 if mask is None or isinstance(mask, wsisam.MaskCrop):  # a foreground crop, or empty
                     results[i] = mask and crop_to_object(mask.mask, mask.row0_px, mask.col0_px, prompt,
                                                          jobs[k].window, score)
                 else:
                     results[i] = mask_to_object(mask, prompt, jobs[k].window, score)
-                if results[i] is not None:  # SAM's stability score of the HR logits (see wsisam.stability_scores)
-                    results[i].extra["stability"] = float(stab)
+                if results[i] is not None and getattr(mask, "stability", None) is not None:
+                    results[i].extra["stability"] = mask.stability  # of the HR logits (wsisam.stability_scores)
         self.timings["encode"] += t1 - t0
         self.timings["decode"] += time.perf_counter() - t1
         return [results[i] for i in range(len(flat)) if results[i] is not None]
@@ -64,8 +64,7 @@ class WsiSamSegmenter:
         pair_index = np.array([k for k, _ in items])
         if self.mode == "sam":
             logits, iou = self.predictor.predict_sam(pair_index=pair_index, **kw)
-            return logits[:, 0] > 0, iou[:, 0], wsisam.stability_scores(torch.from_numpy(logits[:, 0])).numpy()
+            return wsisam.predictor.logit_crops(torch.from_numpy(logits[:, 0])), iou[:, 0]
         # Masks come back cropped to their foreground, one decoder batch at a time: memory does
         # not grow with the number of prompts times the window area.
-        crops, iou = self.predictor.predict_mask_crops(pair_index=pair_index, **kw)
-        return crops, iou, [c and c.stability for c in crops]
+        return self.predictor.predict_mask_crops(pair_index=pair_index, **kw)
