@@ -3,7 +3,12 @@ with the bundled demo model on a generated slide with known objects."""
 import dataclasses
 import itertools
 import json
+import os
 import random
+import shutil
+import subprocess
+import sys
+import tempfile
 
 import geopandas as gpd
 import numpy as np
@@ -12,6 +17,8 @@ import shapely
 import torch
 from PIL import Image
 
+from conftest import tree_hashes
+from engine.cli import main
 from engine.detectors import get_detector
 from engine.distributed.model_spec import ModelSpec
 from engine.pipeline import OutputConfig, SlideWriter, segment_slide
@@ -117,7 +124,7 @@ def test_qc_png_shows_outlines_and_prompts(slide, everything):
     # every kept object's outline and every prompt point is drawn where it lies
     for geom in res.geodataframe().geometry:
         x, y = np.asarray(geom.exterior.coords if geom.geom_type == "Polygon" else geom.geoms[0].exterior.coords).T
-        r, c = np.clip((y * scale).astype(int), 0, qc.shape[0] - 1), np.clip((x * scale).astype(int), 0, qc.shape[1] - 1)
+        r, c = (np.clip((v * scale).astype(int), 0, n - 1) for v, n in ((y, qc.shape[0]), (x, qc.shape[1])))
         assert drawn[r, c].mean() > 0.9
     points = np.array([p.points_l0_px[0] for p in prompts]) * scale
     assert np.mean(np.all(qc[points[:, 1].astype(int), points[:, 0].astype(int)] == (255, 230, 0), axis=1)) > 0.8
@@ -209,3 +216,35 @@ def test_stability_is_the_share_of_the_mask_left_when_the_threshold_moves():
     logits = torch.tensor([[[-3.0, -0.5, 0.5, 2.0], [2.0, 2.0, 2.0, 2.0]], [[-5.0] * 4] * 2])
     # first: 5 pixels above +1 of the 7 above -1; second: empty mask, stable by convention
     assert wsisam.stability_scores(logits).tolist() == pytest.approx([5 / 7, 1.0])
+
+
+@pytest.mark.timeout(300)
+def test_segment_cli_on_ray_segments_everything_once_and_draws_qc(tmp_path, capsys):
+    """The CLI end to end on an embedded Ray: grid-points, filters, NMS at the writer actor's commit,
+    qc.png and prompts.geojson; a rerun with --no-qc skips the finished slide (qc is no setting)."""
+    slide = make_synthetic_slide(tmp_path / "small.ome.tif", 1600, 1600, mpp=0.5, n_objects=4, seed=5, n_large=0,
+                                 n_edge=0)
+    ray_tmp = tempfile.mkdtemp(prefix="re", dir="/tmp")  # short: Ray's socket paths have a length limit
+    env = dict(os.environ, RAY_TMPDIR=ray_tmp)
+    out = tmp_path / "out"
+    cmd = [sys.executable, "-m", "engine.cli", "segment", str(slide.path), "--output", str(out), "--detector",
+           "grid-points", "--detector-options", '{"points_spacing_um": 60}', "--points-extent-um", "128",
+           "--context-px", "16", "--num-cpus", "2", "--no-progress"]
+    try:
+        first = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=280)
+        assert first.returncode == 0, first.stdout[-3000:] + first.stderr[-3000:]
+        folder = out / slide.slide_id
+        summary = json.loads((folder / "summary.json").read_text())
+        counts, gdf = summary["mask_filter"], gpd.read_parquet(folder / "objects.parquet")
+        assert counts["removed_by_score"] > 0 and counts["removed_by_stability"] > 0 and counts["removed_by_nms"] > 0
+        assert counts["max_iou_kept"] <= 0.5 and counts["kept"] == len(gdf) == summary["vectors"]["polygons"]
+        assert summary["vectors"]["objects_without_pixels"] == 0
+        iou = np.array([[g.intersection(t).area / g.union(t).area for t in slide.truth.geometry] for g in gdf.geometry])
+        assert (iou.max(axis=1) >= 0.5).sum() >= 2  # objects found where they are
+        assert (folder / "prompts.geojson").exists()
+        assert Image.open(folder / "qc.png").size == (400, 400)
+    finally:
+        shutil.rmtree(ray_tmp, ignore_errors=True)
+    before = tree_hashes(folder)
+    assert main(cmd[3:] + ["--no-qc"]) == 0  # all skipped: no Ray starts, so in this process
+    assert " skipped " in capsys.readouterr().out and tree_hashes(folder) == before

@@ -19,7 +19,8 @@ def add_parser(sub, name: str) -> None:
     p.add_argument("--detector-options", default="{}",
                    help="JSON object of detector keyword arguments. grid-points (segment everything): "
                         "points_spacing_um (default 64), score_threshold (0.7), stability_threshold (0.8), "
-                        "nms_iou (0.5), max_covered_fraction (0.5), e.g. '{\"points_spacing_um\": 32, \"nms_iou\": 0.7}'")
+                        "nms_iou (0.5), max_covered_fraction (0.5), "
+                        "e.g. '{\"points_spacing_um\": 32, \"nms_iou\": 0.7}'")
     p.add_argument("--output", required=True, type=Path, help="output folder (one sub-folder per slide)")
     m = p.add_argument_group("model (none of these: the bundled demo model, trained on synthetic slides only)")
     m.add_argument("--checkpoint", help="our .safetensors model file (it carries its configuration)")
@@ -42,7 +43,8 @@ def add_parser(sub, name: str) -> None:
                    help="assumed object size for point prompts (grid-points): decides their pyramid level; "
                         "at most the model's HR field less context to segment them at --hr-mpp")
     r.add_argument("--no-qc", action="store_true",
-                   help="do not draw qc.png (thumbnail, outlines by class, prompts) in each slide folder")
+                   help="do not draw qc.png (thumbnail, outlines by class, prompts) in each slide folder; not a "
+                        "rerun setting: finished slides are skipped with or without it")
     x = p.add_argument_group("execution")
     x.add_argument("--address", default=None, help="Ray address (default: the running cluster or embedded)")
     x.add_argument("--actors", type=int, default=None, help="model actors (default: one per GPU, else 1)")

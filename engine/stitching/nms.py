@@ -107,7 +107,8 @@ class CandidateSet:
             return
         rows, cols = np.flatnonzero(mask.any(axis=1)), np.flatnonzero(mask.any(axis=0))
         mask = mask[rows[0]:rows[-1] + 1, cols[0]:cols[-1] + 1]
-        win = Window(win.r0 + int(rows[0]), win.r0 + int(rows[-1]) + 1, win.c0 + int(cols[0]), win.c0 + int(cols[-1]) + 1)
+        win = Window(win.r0 + int(rows[0]), win.r0 + int(rows[-1]) + 1,
+                     win.c0 + int(cols[0]), win.c0 + int(cols[-1]) + 1)
         placeholder = dataclasses.replace(obj, mask=np.zeros((0, 0), dtype=bool))
         self.candidates.append(_Candidate(placeholder, win, np.packbits(mask, axis=None), int(mask.sum())))
 
@@ -160,4 +161,5 @@ class CandidateSet:
 
 def _buckets(win: Window) -> list[tuple[int, int]]:
     b = _BUCKET_PX
-    return [(i, j) for i in range(win.r0 // b, (win.r1 - 1) // b + 1) for j in range(win.c0 // b, (win.c1 - 1) // b + 1)]
+    return [(i, j) for i in range(win.r0 // b, (win.r1 - 1) // b + 1)
+            for j in range(win.c0 // b, (win.c1 - 1) // b + 1)]

@@ -120,7 +120,8 @@ def write_slide_qc(slide: Slide, gdf: gpd.GeoDataFrame, prompts: Sequence[Prompt
     cls = gdf["class_name"]
     classes = sorted(set(cls.dropna()))
     colors = {c: class_color_rgb(c) for c in classes}
-    truncated = gdf["truncated"].fillna(False).astype(bool).to_numpy() if "truncated" in gdf else np.zeros(len(gdf), bool)
+    truncated = (gdf["truncated"].fillna(False).astype(bool).to_numpy() if "truncated" in gdf
+                 else np.zeros(len(gdf), bool))
     draw_outlines(thumb, gdf[~truncated], scale, colors, width=2)  # no class: DEFAULT_RGB, clearer than grey
     draw_outlines(thumb, gdf[truncated], scale, {}, width=2, default=TRUNCATED_RGB, dash_px=6)
     legend = [(f"{c}: {int((cls == c).sum())}", colors[c]) for c in classes]
