@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Iterable, Mapping
-from dataclasses import asdict
+from dataclasses import asdict, replace
 from pathlib import Path
 
 from .detectors import get_detector
@@ -77,6 +77,9 @@ def segment_slides(slides: Iterable[str | os.PathLike] | str | os.PathLike, *,
       ``<slide_id>.geojson|.csv|.parquet``, or a mapping slide id -> prompts; or ``detector``: a
       detector name (see :func:`engine.detectors.available_detectors`) or object.
     - ``model``: a :class:`ModelSpec` (default: the bundled demo model).
+    - ``output``: output options (:class:`OutputConfig`); ``OutputConfig(qc=False)`` leaves out
+      each slide's ``qc.png``. A detector with a ``mask_filter`` (grid-points) sets
+      ``output.mask_filter`` unless it is set: masks are then filtered and de-duplicated.
     - Joins the cluster at ``address`` (or the one this process runs in: ``ray job submit``,
       ``RAY_ADDRESS``); otherwise starts an embedded local Ray on 127.0.0.1 (``num_cpus``,
       ``num_gpus`` declare its resources) and shuts it down afterwards.
@@ -109,6 +112,8 @@ def segment_slides(slides: Iterable[str | os.PathLike] | str | os.PathLike, *,
                          "uses for itself; rename the file")
     by_slide = load_prompts(prompts, infos) if prompts is not None else None
     det = get_detector(detector, **(detector_options or {})) if isinstance(detector, str) else detector
+    if getattr(det, "mask_filter", None) is not None and output.mask_filter is None:
+        output = replace(output, mask_filter=det.mask_filter)  # segment everything (grid-points)
     model = (model or ModelSpec.demo()).validate()  # model files opened and matched before Ray starts
     schedule = schedule or ScheduleConfig(patch_px=model.patch_px())
     if schedule.patch_px != model.patch_px():

@@ -27,18 +27,20 @@ from .output_folder import SUMMARY_NAME, inside, partial_dir, remove_tree, slide
 from .records import ObjectMask, Prompt
 from .scheduler import ScheduleConfig, Window, schedule_windows
 from .segmenters import WindowJob, WindowSegmenter
-from .slide_result import (GEOJSON_NAME, LABELS_NAME, PARQUET_NAME, PROMPTS_NAME, RunContext, SlideResult,
-                           slide_summary)
+from .slide_result import (GEOJSON_NAME, LABELS_NAME, PARQUET_NAME, PROMPTS_NAME, QC_NAME, RunContext,
+                           SlideResult, slide_summary)
 from .slides import Slide, SlideInfo
 from .io.geojson import write_qupath_geojson
 from .io.geoparquet import write_geoparquet
 from .io.prompt_files import write_prompts_geojson
 from .stitching import LabelImageWriter
 from .stitching.mask_cleaning import clean_mask
+from .stitching.nms import CandidateSet, MaskFilter
+from .stitching.qc_picture import write_slide_qc
 from .stitching.polygons import SLIDE_COLUMNS, rows_to_geodataframe
 
 #: SlideWriter.timings keys: label image painting (add), then at commit polygons and the three outputs.
-WRITER_STAGES = ("stitch_labels", "vectorise", "write_pyramid", "write_parquet", "write_geojson")
+WRITER_STAGES = ("stitch_labels", "vectorise", "write_pyramid", "write_parquet", "write_geojson", "write_qc")
 
 
 @dataclass(frozen=True)
@@ -48,6 +50,10 @@ class OutputConfig:
     min_area_um2: float = 10.0  # mask parts (pixels and polygons) smaller than this are dropped
     min_hole_um2: float = 10.0  # holes smaller than this are filled (a duct's lumen is much larger)
     geojson_object_type: str = "detection"
+    qc: bool = True  # write qc.png (an audit picture: not compared on reruns, see run_settings)
+    # Segment everything (the grid-points detector sets it): masks filtered by score and
+    # stability, duplicates removed by NMS before painting (engine.stitching.nms). None: all kept.
+    mask_filter: MaskFilter | None = None
 
     def __post_init__(self) -> None:
         if self.ngff_version not in ("0.4", "0.5"):
@@ -61,6 +67,10 @@ class OutputConfig:
         if self.geojson_object_type not in ("detection", "annotation", "cell"):
             raise ValueError(f"geojson_object_type must be detection, annotation or cell, got "
                              f"{self.geojson_object_type!r}")
+        if not isinstance(self.qc, bool):
+            raise ValueError(f"qc must be True or False, got {self.qc!r}")
+        if self.mask_filter is not None and not isinstance(self.mask_filter, MaskFilter):
+            raise ValueError(f"mask_filter must be a MaskFilter or None, got {type(self.mask_filter).__name__}")
 
 
 @dataclass
@@ -128,16 +138,21 @@ class SlideWriter:
                                        slide_height_l0_px=info.height_l0_px, slide_mpp=info.mpp,
                                        label_mpp=label_mpp, slide_id=info.slide_id, ngff_version=cfg.ngff_version)
         self.rows: list[dict] = []
+        self.candidates = None if cfg.mask_filter is None else CandidateSet(self.labels.grid, cfg.mask_filter)
         # Seconds per output stage (label image, polygons, pyramid, parquet, geojson), for benchmarks.
         self.timings = dict.fromkeys(WRITER_STAGES, 0.0)
 
     def add(self, obj: ObjectMask) -> None:
         """Paint one object (its mask cleaned of small parts and holes; ``obj`` is not changed)."""
         t0 = time.perf_counter()
-        px_um2 = obj.mask_mpp**2
-        mask = clean_mask(obj.mask, self.cfg.min_area_um2 / px_um2, self.cfg.min_hole_um2 / px_um2)
-        if mask.any():
-            self.labels.add(dataclasses.replace(obj, mask=mask))
+        if self.candidates is None or self.candidates.passes(obj):  # segment everything: score, stability
+            px_um2 = obj.mask_mpp**2
+            obj = dataclasses.replace(obj, mask=clean_mask(obj.mask, self.cfg.min_area_um2 / px_um2,
+                                                           self.cfg.min_hole_um2 / px_um2))
+            if self.candidates is not None:
+                self.candidates.add(obj)  # painted at commit, after NMS
+            elif obj.mask.any():
+                self.labels.add(obj)
         self.timings["stitch_labels"] += time.perf_counter() - t0
 
     def object_rows(self) -> tuple[list[dict], dict]:
@@ -172,6 +187,12 @@ class SlideWriter:
         ``prompts``: the plan's prompts (each segmented once), written to ``prompts.geojson``.
         """
         t0 = time.perf_counter()
+        if self.candidates is not None:  # segment everything: duplicates removed before painting
+            for obj in self.candidates.select():
+                self.labels.add(obj)
+            summary["mask_filter"] = self.candidates.report()
+            self.timings["stitch_labels"] += time.perf_counter() - t0
+            t0 = time.perf_counter()
         rows, summary["vectors"] = self.object_rows()
         t1 = time.perf_counter()
         self.labels.close()
@@ -183,6 +204,10 @@ class SlideWriter:
                              slide_id=self.info.slide_id)
         t4 = time.perf_counter()
         write_prompts_geojson(prompts, self.partial / PROMPTS_NAME, slide_column=None, id_column="prompt_id")
+        if self.cfg.qc:  # the only output that reads the slide (a coarse level, or in tiles)
+            with self.info.open() as slide:
+                write_slide_qc(slide, gdf, prompts, self.partial / QC_NAME)
+        self.timings["write_qc"] += time.perf_counter() - t4
         self.timings["vectorise"] += t1 - t0
         self.timings["write_pyramid"] += t2 - t1
         self.timings["write_parquet"] += t3 - t2

@@ -3,7 +3,9 @@
 A rerun skips a finished slide only when the settings it was made with equal this run's; a
 slide made another way (another model file, mode, pixel sizes, schedule, output options, prompts
 or detector) is refused by name, with the settings that differ, unless ``overwrite`` is given.
-Settings that change only speed (actors, batch size, progress bars) are not part of it.
+Settings that change only speed (actors, batch size, progress bars) are not part of it, nor is
+``qc`` (whether ``qc.png`` is drawn): the picture only shows the outputs, so a rerun with or without
+``--no-qc`` skips finished slides as they are (with or without their ``qc.png``).
 """
 from __future__ import annotations
 
@@ -19,6 +21,8 @@ from .slides import SlideInfo
 
 #: Bumped when the meaning of the recorded settings changes.
 SETTINGS_VERSION = 1
+#: Output options that change no output but an audit picture: not compared on reruns.
+NOT_COMPARED_OUTPUT = ("qc",)
 
 
 class RerunConflictError(ValueError):
@@ -42,7 +46,8 @@ def slide_settings(info: SlideInfo, model: Mapping, schedule: Mapping, output: M
     """
     return {"version": SETTINGS_VERSION,
             "slide": {"width_l0_px": info.width_l0_px, "height_l0_px": info.height_l0_px, "mpp": info.mpp},
-            "model": dict(model), "schedule": dict(schedule), "output": dict(output), "source": dict(source)}
+            "model": dict(model), "schedule": dict(schedule),
+            "output": {k: v for k, v in output.items() if k not in NOT_COMPARED_OUTPUT}, "source": dict(source)}
 
 
 def differences(old: Mapping, new: Mapping, prefix: str = "") -> list[str]:

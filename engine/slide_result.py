@@ -22,6 +22,7 @@ LABELS_NAME = "labels.ome.zarr"
 PARQUET_NAME = "objects.parquet"
 GEOJSON_NAME = "objects.geojson"
 PROMPTS_NAME = "prompts.geojson"  # every prompt segmented, with its prompt_id (objects refer to it)
+QC_NAME = "qc.png"  # thumbnail with outlines and prompts (unless OutputConfig.qc is False)
 
 
 @dataclass

@@ -90,14 +90,14 @@ def test_tissue_detector_boxes(tissue_slide):
 def test_tissue_detector_blank_slide():
     blank = ArraySlide(np.full((400, 600, 3), 241, np.uint8), 1.0, "blank")
     assert TissueDetector().detect(blank) == []
-    assert GridPointsDetector(spacing_um=50).detect(blank) == []
+    assert GridPointsDetector(points_spacing_um=50).detect(blank) == []
 
 
 def test_grid_points_on_tissue(tissue_slide):
     slide, gt = tissue_slide
     spacing_um = 100.0
     step = spacing_um / SLIDE_MPP  # 50 level-0 px
-    prompts = GridPointsDetector(spacing_um=spacing_um, thumbnail_max_px=1024).detect(slide)
+    prompts = GridPointsDetector(points_spacing_um=spacing_um, thumbnail_max_px=1024).detect(slide)
     pts = np.array([p.points_l0_px[0] for p in prompts])
     assert all(p.point_labels == (1,) and p.box_l0_px is None for p in prompts)
     assert [p.prompt_id for p in prompts] == list(range(len(prompts)))
@@ -114,10 +114,10 @@ def test_grid_points_on_tissue(tissue_slide):
     on_tissue = gt[gy.astype(int), gx.astype(int)].sum()
     assert 0.85 * on_tissue <= len(prompts) <= 1.05 * on_tissue
     # the whole slide when asked
-    everywhere = GridPointsDetector(spacing_um=spacing_um, tissue_only=False).detect(slide)
+    everywhere = GridPointsDetector(points_spacing_um=spacing_um, tissue_only=False).detect(slide)
     assert len(everywhere) == gx.size == 60 * 40
     with pytest.raises(ValueError, match="max_points"):
-        GridPointsDetector(spacing_um=2.0, max_points=1000).detect(slide)
+        GridPointsDetector(points_spacing_um=2.0, max_points=1000).detect(slide)
 
 
 # --------------------------------------------------------------------------------------------
@@ -194,8 +194,8 @@ def test_mask_to_boxes_instances_origin_and_scale_check(three_blobs):
 
 
 def test_registry_builtins_and_unknown_name():
-    det = get_detector("grid-points", spacing_um=64)
-    assert isinstance(det, GridPointsDetector) and det.spacing_um == 64
+    det = get_detector("grid-points", points_spacing_um=64)
+    assert isinstance(det, GridPointsDetector) and det.points_spacing_um == 64
     assert isinstance(get_detector("tissue"), TissueDetector)
     assert available_detectors()[:3] == ["tissue", "mask-to-boxes", "grid-points"]
     with pytest.raises(ValueError, match=r"unknown detector 'nnunet'; known detectors: tissue, mask-to-boxes, "

@@ -247,7 +247,11 @@ class ReferenceWsiSamSegmenter(WsiSamSegmenter):
                 fast[j, c.row0_px:c.row0_px + c.mask.shape[0], c.col0_px:c.col0_px + c.mask.shape[1]] = c.mask
         tie = np.abs(out.hr_logits) < self.tie_logit
         self.ties_flipped += int((tie & (fast != out.hr_masks)).sum())
-        return np.where(tie, fast, out.hr_masks), out.iou
+        crops = wsisam.predictor.foreground_crops(torch.from_numpy(np.where(tie, fast, out.hr_masks)))
+        for c, stability in zip(crops, wsisam.stability_scores(torch.from_numpy(out.hr_logits)).numpy()):
+            if c is not None:
+                c.stability = float(stability)
+        return crops, out.iou
 
 
 def test_many_prompts_per_window_give_the_same_objects_as_the_plain_path(synth):
@@ -276,7 +280,8 @@ def test_many_prompts_per_window_give_the_same_objects_as_the_plain_path(synth):
     for a, b in zip(fast, plain):
         assert (a.prompt_id, a.origin_l0_px, a.mask.shape) == (b.prompt_id, b.origin_l0_px, b.mask.shape)
         np.testing.assert_array_equal(a.mask, b.mask)
-        assert a.score == pytest.approx(b.score, abs=1e-6) and a.extra == b.extra
+        assert a.score == pytest.approx(b.score, abs=1e-6) and a.extra.keys() == b.extra.keys()
+        assert a.extra.pop("stability") == pytest.approx(b.extra.pop("stability"), abs=1e-3) and a.extra == b.extra
 
 
 # -- one truth per pixel: polygons are traced from the label image after the overlap rule ---------

@@ -39,11 +39,25 @@ class WsiSamPrediction:
 @dataclass
 class MaskCrop:
     """A mask cropped to its foreground: ``mask`` (h, w) bool, whose top-left pixel is pixel
-    (``row0_px``, ``col0_px``) of the patch."""
+    (``row0_px``, ``col0_px``) of the patch; ``stability``: see :func:`stability_scores`."""
 
     row0_px: int
     col0_px: int
     mask: np.ndarray
+    stability: float | None = None
+
+
+#: SAM's ``stability_score_offset``: logits are thresholded at +offset and -offset.
+STABILITY_OFFSET = 1.0
+
+
+def stability_scores(logits: torch.Tensor, offset: float = STABILITY_OFFSET) -> torch.Tensor:
+    """(n, S, S) logits -> (n,) area(logits > offset) / area(logits > -offset), as SAM's automatic
+    mask generator defines it: the share of the mask that survives moving the threshold (1 for an
+    empty mask)."""
+    inner = (logits > offset).sum(dim=(-2, -1), dtype=torch.float64)
+    outer = (logits > -offset).sum(dim=(-2, -1), dtype=torch.float64)
+    return torch.where(outer > 0, inner / outer.clamp(min=1), torch.ones_like(outer))
 
 
 def foreground_crops(masks: torch.Tensor) -> list[MaskCrop | None]:
@@ -59,6 +73,16 @@ def foreground_crops(masks: torch.Tensor) -> list[MaskCrop | None]:
         crop = masks[k, r[0]:r[-1] + 1, c[0]:c[-1] + 1].cpu().numpy().copy()
         out.append(MaskCrop(int(r[0]), int(c[0]), crop))
     return out
+
+
+def logit_crops(logits: torch.Tensor) -> list[MaskCrop | None]:
+    """(n, S, S) logits (any device) -> each mask (logit > 0) cropped to its foreground (None when
+    empty), with its :func:`stability_scores` value."""
+    crops = foreground_crops(logits > 0.0)
+    for crop, stability in zip(crops, stability_scores(logits).cpu().numpy()):
+        if crop is not None:
+            crop.stability = float(stability)
+    return crops
 
 
 class WsiSamPredictor:
@@ -234,13 +258,13 @@ class WsiSamPredictor:
     def predict_mask_crops(self, boxes=None, points=None, point_labels=None, mask_inputs=None, pair_index=None,
                            add_sam_logits: bool | None = None) -> tuple[list[MaskCrop | None], np.ndarray]:
         """Each prompt's HR mask (logit > 0, as :meth:`predict`'s ``hr_masks``) cropped to its
-        foreground (None when empty), and SAM's IoU (N,). Memory stays at one decoder batch of
-        S x S logits, whatever N."""
+        foreground (None when empty), with its stability (:func:`stability_scores` of the HR
+        logits), and SAM's IoU (N,). Memory stays at one decoder batch of S x S logits, whatever N."""
         prompts, idx = self._prompts(boxes, points, point_labels, mask_inputs, pair_index)
         crops: list[MaskCrop | None] = []
         ious = []
         for _, hr, _, score in self._decode(prompts, idx, add_sam_logits, False, False):
-            crops.extend(foreground_crops(self._upsample(hr) > 0.0))
+            crops.extend(logit_crops(self._upsample(hr)))
             ious.append(score.cpu().numpy())
         return crops, np.concatenate(ious)
 

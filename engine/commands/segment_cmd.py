@@ -16,7 +16,11 @@ def add_parser(sub, name: str) -> None:
     src.add_argument("--prompts", help="prompt file (one slide or a cohort file with a slide column) or a folder "
                                        "of <slide_id>.geojson|.csv|.parquet")
     src.add_argument("--detector", help="detector name: tissue, mask-to-boxes, grid-points or a plugin")
-    p.add_argument("--detector-options", default="{}", help="JSON object of detector keyword arguments")
+    p.add_argument("--detector-options", default="{}",
+                   help="JSON object of detector keyword arguments. grid-points (segment everything): "
+                        "points_spacing_um (default 64), score_threshold (0.7), stability_threshold (0.8), "
+                        "nms_iou (0.5), max_covered_fraction (0.5), "
+                        "e.g. '{\"points_spacing_um\": 32, \"nms_iou\": 0.7}'")
     p.add_argument("--output", required=True, type=Path, help="output folder (one sub-folder per slide)")
     m = p.add_argument_group("model (none of these: the bundled demo model, trained on synthetic slides only)")
     m.add_argument("--checkpoint", help="our .safetensors model file (it carries its configuration)")
@@ -35,6 +39,12 @@ def add_parser(sub, name: str) -> None:
     r.add_argument("--slide-mpp", type=float, default=None, help="level-0 µm/px for slides without one")
     r.add_argument("--ngff", choices=["0.4", "0.5"], default="0.5", help="0.4 (zarr v2) for QuPath/tiatoolbox")
     r.add_argument("--min-area-um2", type=float, default=10.0, help="drop polygons smaller than this")
+    r.add_argument("--points-extent-um", type=float, default=256.0,
+                   help="assumed object size for point prompts (grid-points): decides their pyramid level; "
+                        "at most the model's HR field less context to segment them at --hr-mpp")
+    r.add_argument("--no-qc", action="store_true",
+                   help="do not draw qc.png (thumbnail, outlines by class, prompts) in each slide folder; not a "
+                        "rerun setting: finished slides are skipped with or without it")
     x = p.add_argument_group("execution")
     x.add_argument("--address", default=None, help="Ray address (default: the running cluster or embedded)")
     x.add_argument("--actors", type=int, default=None, help="model actors (default: one per GPU, else 1)")
@@ -118,8 +128,8 @@ def _segment(args: argparse.Namespace, segment_slides, spec, options: dict):
         args.slides, prompts=args.prompts, detector=args.detector,
         detector_options=options, output_dir=args.output, model=spec,
         schedule=ScheduleConfig(patch_px=spec.patch_px(), hr_mpp=args.hr_mpp, lr_mpp=args.lr_mpp,
-                                context_px=args.context_px),
-        output=OutputConfig(ngff_version=args.ngff, min_area_um2=args.min_area_um2),
+                                context_px=args.context_px, points_extent_um=args.points_extent_um),
+        output=OutputConfig(ngff_version=args.ngff, min_area_um2=args.min_area_um2, qc=not args.no_qc),
         execution=ExecutionConfig(actors=args.actors, gpus_per_actor=args.gpus_per_actor,
                                   cpus_per_actor=args.cpus_per_actor, windows_per_batch=args.windows_per_batch,
                                   progress=not args.no_progress, fail_fast=args.fail_fast),

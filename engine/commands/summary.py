@@ -20,7 +20,8 @@ def format_summary(results: list[SlideResult]) -> str:
 
 def print_summary(results: list[SlideResult], output_dir: Path) -> None:
     print(format_summary(results))
-    print(f"outputs: {output_dir}/<slide_id>/ (labels.ome.zarr, objects.parquet, objects.geojson, prompts.geojson); "
+    print(f"outputs: {output_dir}/<slide_id>/ (labels.ome.zarr, objects.parquet, objects.geojson, prompts.geojson, "
+          f"qc.png); "
           f"manifest: {output_dir}/run_manifest.json")
     failed = [r for r in results if r.status == "failed"]
     if failed:

@@ -64,6 +64,8 @@ def _build(name: str, factory: Any, kwargs: dict[str, Any]) -> Any:
         return factory(**kwargs)
     except TypeError as exc:  # e.g. an option of the wrong type (null where a number is expected)
         raise ValueError(f"detector {name!r}: bad option value: {exc}") from exc
+    except ValueError as exc:  # an option out of range
+        raise ValueError(f"detector {name!r}: {exc}") from exc
 
 
 def get_detector(name: str, **kwargs: Any) -> Any:

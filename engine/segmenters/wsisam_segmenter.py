@@ -5,6 +5,7 @@ import time
 from typing import Literal
 
 import numpy as np
+import torch
 
 import wsisam
 
@@ -54,6 +55,8 @@ class WsiSamSegmenter:
                                                          jobs[k].window, score)
                 else:
                     results[i] = mask_to_object(mask, prompt, jobs[k].window, score)
+                if results[i] is not None and getattr(mask, "stability", None) is not None:
+                    results[i].extra["stability"] = mask.stability  # of the HR logits (wsisam.stability_scores)
         self.timings["encode"] += t1 - t0
         self.timings["decode"] += time.perf_counter() - t1
         return [results[i] for i in range(len(flat)) if results[i] is not None]
@@ -66,7 +69,7 @@ class WsiSamSegmenter:
         pair_index = np.array([k for k, _ in items])
         if self.mode == "sam":
             logits, iou = self.predictor.predict_sam(pair_index=pair_index, **kw)
-            return logits[:, 0] > 0, iou[:, 0]
+            return wsisam.predictor.logit_crops(torch.from_numpy(logits[:, 0])), iou[:, 0]
         # Masks come back cropped to their foreground, one decoder batch at a time: memory does
         # not grow with the number of prompts times the window area.
         return self.predictor.predict_mask_crops(pair_index=pair_index, **kw)
