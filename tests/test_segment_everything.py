@@ -200,7 +200,7 @@ def test_nms_keeps_the_best_of_each_duplicate_group_whatever_the_order():
 def test_writer_paints_only_the_kept_masks(slide, tmp_path):
     objects = [_square(0, 100, 100, 100, 0.9), _square(1, 104, 100, 100, 0.95), _square(2, 600, 600, 40, 0.8)]
     with open_slide(slide.path) as s:
-        writer = SlideWriter(s, tmp_path, 1.0, OutputConfig(mask_filter=MaskFilter(), qc=False))
+        writer = SlideWriter(s.info(), tmp_path, 1.0, OutputConfig(mask_filter=MaskFilter(), qc=False))
         for o in objects:
             writer.add(dataclasses.replace(o, slide_id=s.slide_id))
         summary = {}
