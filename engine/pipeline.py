@@ -19,12 +19,14 @@ import json
 import math
 import os
 import time
+from collections import deque
 from collections.abc import Iterable, Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import geopandas as gpd
 
+from .completion import BatchOutcome, CompletionLimits, redo_windows, settle
 from .output_folder import SUMMARY_NAME, inside, partial_dir, remove_tree, slide_dir
 from .records import ObjectMask, Prompt
 from .scheduler import ScheduleConfig, Window, schedule_stats, schedule_windows
@@ -83,9 +85,12 @@ class SlideResult:
     prompts: int = 0
     objects: int = 0
     empty_masks: int = 0
-    windows: int = 0
+    windows: int = 0  # plan windows plus those of prompts segmented again in a coarser pair
     encoder_passes: int = 0
     prompts_dropped_outside: int = 0
+    completed_from_lr: int = 0  # masks cut by their HR window, completed from the LR mask
+    resegmented: int = 0  # times a prompt was segmented again one level coarser (cut by the LR window)
+    truncated: int = 0  # objects still cut at the coarsest level (flagged "truncated")
     status: str = "done"  # done | skipped | failed | interrupted | not run
     error: str | None = None
     timings_s: dict[str, float] = field(default_factory=dict)
@@ -191,9 +196,10 @@ class SlideWriter:
             rows.append({"object_id": oid, "prompt_id": e.prompt_id, "class_name": e.class_name, "score": e.score,
                          "area_um2": float(geom.area * self.slide_mpp**2),
                          "area_raw_um2": float(e.n_px_raw * label_px_um2),
-                         "lost_to_neighbour": e.n_px < e.n_px_raw, "geometry": geom})
+                         "lost_to_neighbour": e.n_px < e.n_px_raw, "truncated": e.truncated, "geometry": geom})
         counts = {"polygons": len(rows), "objects_without_pixels": len(self.labels.entries) - len(rows),
                   "objects_lost_to_neighbour": sum(r["lost_to_neighbour"] for r in rows),
+                  "objects_truncated": sum(r["truncated"] for r in rows),
                   "rule": "polygons are traced from the label image after the overlap rule; an object left "
                           "with no pixel has no polygon"}
         return rows, counts
@@ -259,21 +265,25 @@ def segment_slide(slide: Slide, prompts: list[Prompt], segmenter: WindowSegmente
                          windows=len(plan.windows), encoder_passes=schedule_stats(plan.windows).encoder_passes,
                          prompts_dropped_outside=plan.prompts_dropped_outside)
     t.update(read=0.0, segment=0.0, stitch=0.0)
+    limits = completion_limits(slide.info(), schedule)
     try:
-        # Windows of one level share the HR/LR ratio and pixel size: batch within a level.
-        for level_windows in by_level(plan.windows):
-            for windows in batched(level_windows, windows_per_batch):
-                a = time.perf_counter()
-                jobs = list(read_jobs(slide, plan, windows))
-                b = time.perf_counter()
-                objects = segmenter.segment(jobs)
-                c = time.perf_counter()
-                for obj in objects:
-                    writer.add(obj)
-                t["read"] += b - a
-                t["segment"] += c - b
-                t["stitch"] += time.perf_counter() - c
-                result.objects += len(objects)
+        # Windows of one level share the HR/LR ratio and pixel size: batch within a level. A batch
+        # whose masks are cut by their LR window adds batches of coarser windows (completion.py).
+        queue = deque(b for level in by_level(plan.windows) for b in batched(level, windows_per_batch))
+        while queue:
+            windows = queue.popleft()
+            a = time.perf_counter()
+            jobs = list(read_jobs(slide, plan, windows))
+            b = time.perf_counter()
+            done = settle(segmenter.segment(jobs), windows, {p.prompt_id: p for j in jobs for p in j.prompts}, limits)
+            c = time.perf_counter()
+            for obj in done.objects:
+                writer.add(obj)
+            result.objects += len(done.objects)
+            t["read"] += b - a
+            t["segment"] += c - b
+            t["stitch"] += time.perf_counter() - c
+            queue.extend(add_outcome(result, done, plan, limits, slide.patch_pair, windows_per_batch))
         result.empty_masks = result.prompts - result.objects
         a = time.perf_counter()
         result.timings_s = t
@@ -285,6 +295,24 @@ def segment_slide(slide: Slide, prompts: list[Prompt], segmenter: WindowSegmente
         writer.abort()
         raise
     return result
+
+
+def completion_limits(info: SlideInfo, schedule: ScheduleConfig) -> CompletionLimits:
+    return CompletionLimits(info.width_l0_px, info.height_l0_px, info.mpp, schedule)
+
+
+def add_outcome(counts, done: BatchOutcome, plan: SlidePlan, limits: CompletionLimits, make_pair,
+                windows_per_batch: int) -> list[list[Window]]:
+    """Count a settled batch into ``counts`` (a SlideResult or a manifest entry) and return the
+    batches of coarser windows for its prompts to segment again."""
+    new = redo_windows(plan.slide_id, done.redo, limits, len(plan.windows),
+                       1 + max((p.prompt_id for p in plan.prompts), default=0), make_pair) if done.redo else []
+    counts.completed_from_lr += done.completed_from_lr
+    counts.resegmented += len(done.redo)
+    counts.truncated += done.truncated
+    counts.windows += len(new)
+    counts.encoder_passes += schedule_stats(new).encoder_passes
+    return list(batched(new, windows_per_batch))
 
 
 def by_level(windows: list[Window]) -> list[list[Window]]:

@@ -7,6 +7,7 @@ slide (see ``executor.py``).
 """
 from __future__ import annotations
 
+import contextlib
 import sys
 import time
 from collections import deque
@@ -17,7 +18,7 @@ from ray.exceptions import ActorDiedError, ActorUnavailableError, RayActorError,
 from tqdm.auto import tqdm
 
 from ..output_folder import partial_dir, remove_tree, slide_dir
-from ..pipeline import SlidePlan, SlideResult, batched, by_level, summary_dict
+from ..pipeline import SlidePlan, SlideResult, add_outcome, batched, by_level, completion_limits, summary_dict
 from ..scheduler import schedule_stats
 from ..slides import SlideInfo
 from .actors import BatchReport, SlideWriterActor, plan_task, read_task
@@ -162,7 +163,8 @@ class CohortStream:
             ids = {i for w in batch.windows for i in w.prompt_ids}
             needed = {p.prompt_id: p for p in st.plan.prompts if p.prompt_id in ids}
             jobs = _read_remote.remote(st.info, needed, batch.windows)
-            objects_ref, report_ref = self.actors[k].segment.options(num_returns=2).remote(jobs, batch.batch_id)
+            objects_ref, report_ref = self.actors[k].segment.options(num_returns=2).remote(
+                jobs, batch.batch_id, completion_limits(st.info, self.schedule))
             self.load[k] += 1
             self.isolated[k] = batch.suspect
             # The process it is sent to, as last seen (the manifest's actor list follows restarts).
@@ -197,11 +199,23 @@ class CohortStream:
         self.manifest.note_worker(worker)
         entry.batches.append({"batch_id": report.batch_id, "windows": list(report.window_ids),
                               "objects": report.objects, "seconds": report.seconds, **worker})
+        if report.outcome is not None:
+            self._redo(st, entry, report.outcome)
         st.batches_left -= 1
         self.bars.windows.update(len(report.window_ids))
         self.bars.objects.update(report.objects)
         if st.batches_left == 0:
             self._finish_slide(batch.slide_id)
+
+    def _redo(self, st: _SlideState, entry, outcome) -> None:
+        """Count a settled batch; its prompts cut by their LR window become batches of coarser windows."""
+        # The slide snaps the new windows' centres to its pyramid, as in plan_slide.
+        with st.info.open() if outcome.redo else contextlib.nullcontext() as slide:
+            new = add_outcome(entry, outcome, st.plan, completion_limits(st.info, self.schedule),
+                              slide and slide.patch_pair, self.cfg.windows_per_batch)
+        self.queue.extend(_Batch(st.info.slide_id, b[0].window_id, b) for b in new)
+        st.batches_left += len(new)
+        self.bars.windows.total += sum(len(b) for b in new)
 
     def _probe(self, ref) -> None:
         """An actor answered (or not) after calls on it failed: count deaths, requeue or fail batches."""
@@ -241,7 +255,9 @@ class CohortStream:
         res = SlideResult(slide_id, str(slide_dir(self.output_dir, slide_id)), prompts=entry.prompts,
                           objects=entry.objects, empty_masks=entry.prompts - entry.objects,
                           windows=entry.windows, encoder_passes=entry.encoder_passes,
-                          prompts_dropped_outside=entry.prompts_dropped_outside)
+                          prompts_dropped_outside=entry.prompts_dropped_outside,
+                          completed_from_lr=entry.completed_from_lr, resegmented=entry.resegmented,
+                          truncated=entry.truncated)
         res.timings_s = {"wall": time.perf_counter() - st.t0, "segment": sum(b["seconds"] for b in entry.batches)}
         cfg = self.manifest.config
         summary = summary_dict(res, st.info, cfg.get("schedule", {}), cfg.get("output", {}), cfg.get("segmenter", ""))

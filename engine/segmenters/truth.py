@@ -7,6 +7,9 @@ import rasterio.features
 from affine import Affine
 from shapely.geometry import box as shapely_box
 
+from wsisam import MaskCrop
+
+from ..completion import LR_MASK_KEY, hr_placement, touches_border
 from ..records import ObjectMask, Prompt
 from .base import WindowJob, mask_to_object
 
@@ -41,15 +44,27 @@ class TruthSegmenter:
         out = []
         for job in jobs:
             pair = job.window.pair
-            f = pair.hr_mpp / pair.slide_mpp
-            transform = Affine(f, 0, pair.hr_origin_l0_px[0], 0, f, pair.hr_origin_l0_px[1])
             for prompt in job.prompts:
                 i = self.match(prompt)
                 if i is None:
                     continue
-                mask = rasterio.features.rasterize([(self.truth.geometry.iloc[i], 1)], out_shape=(pair.patch_px,) * 2,
-                                                   transform=transform, dtype="uint8").astype(bool)
-                obj = mask_to_object(mask, prompt, job.window, score=1.0)
-                if obj is not None:
-                    out.append(obj)
+                geom = self.truth.geometry.iloc[i]
+                obj = mask_to_object(_raster(geom, pair.hr_origin_l0_px, pair), prompt, job.window, score=1.0)
+                if obj is None:
+                    continue
+                if touches_border(*hr_placement(obj, pair), obj.mask.shape, pair.patch_px):
+                    # As WSI-SAM's LR mask: the object in the LR field, for the completion step.
+                    lr = _raster(geom, pair.lr_origin_l0_px, pair, pair.lr_mpp)
+                    rows, cols = np.flatnonzero(lr.any(axis=1)), np.flatnonzero(lr.any(axis=0))
+                    obj.extra[LR_MASK_KEY] = MaskCrop(int(rows[0]), int(cols[0]),
+                                                      lr[rows[0]:rows[-1] + 1, cols[0]:cols[-1] + 1])
+                out.append(obj)
         return out
+
+
+def _raster(geom, origin_l0_px, pair, mpp: float | None = None) -> np.ndarray:
+    """``geom`` (level-0 px) rasterised on a ``pair.patch_px`` patch at ``mpp`` (default HR)."""
+    f = (mpp or pair.hr_mpp) / pair.slide_mpp
+    transform = Affine(f, 0, origin_l0_px[0], 0, f, origin_l0_px[1])
+    return rasterio.features.rasterize([(geom, 1)], out_shape=(pair.patch_px,) * 2, transform=transform,
+                                       dtype="uint8").astype(bool)

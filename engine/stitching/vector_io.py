@@ -76,6 +76,8 @@ def qupath_feature(
     props["measurements"] = {
         key: _json_number(row[key]) for key in ("score", "area_um2", "object_id") if key in row
     }
+    if "truncated" in row:  # QuPath measurements are numbers: 1 = still cut by a window
+        props["measurements"]["truncated"] = int(bool(row["truncated"]))
     return {"type": "Feature", "geometry": mapping(row["geometry"]), "properties": props}
 
 
