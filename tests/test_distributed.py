@@ -335,3 +335,32 @@ def test_rerun_with_another_mode_is_refused_then_overwrite_redoes_it(cohort, emb
     summary = json.loads((out / "case_0" / "summary.json").read_text())
     assert summary["settings"]["model"]["mode"] == "sam" and summary["segmenter"] == "wsisam-sam"
     assert _no_partials(out) and _slide_dirs(out) == {"case_0", "case_1", "case_2"}
+
+
+def test_in_process_pipeline_gives_the_ray_outputs(cohort, embedded_run, tmp_path):
+    """Masks cut by their window are completed (LR mask, then coarser pairs: new batches of the same
+    slide on Ray) alike in both executors: same windows, counts, label pixels and polygons."""
+    import torch
+
+    from engine.pipeline import segment_slide
+    from engine.prompts import read_prompts
+    from engine.slides import open_slide
+
+    slides, prompts, model = cohort
+    m = read_manifest(embedded_run[0])
+    assert sum(s["completed_from_lr"] for s in m["slides"].values()) > 0
+    assert sum(s["resegmented"] for s in m["slides"].values()) > 0  # the Ray path added batches
+    segmenter = engine.ModelSpec(checkpoint=str(model)).segmenter("cpu")
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # as in the model actor
+    try:
+        for sid, e in m["slides"].items():
+            with open_slide(slides / f"{sid}.ome.tif") as slide:
+                res = segment_slide(slide, read_prompts(prompts / f"{sid}.geojson", slide_id=sid)[sid], segmenter,
+                                    tmp_path, SCHEDULE, windows_per_batch=2)
+            keys = ("objects", "windows", "encoder_passes", "completed_from_lr", "resegmented", "truncated")
+            assert {k: getattr(res, k) for k in keys} == {k: e[k] for k in keys}
+            assert e["windows_computed"] == e["windows"]
+    finally:
+        torch.set_num_threads(threads)
+    assert_same_outputs(outputs(tmp_path), outputs(embedded_run[0]))
