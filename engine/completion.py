@@ -9,13 +9,17 @@ inside the slide (a mask at the slide's own border is not cut). After a batch is
    twice the field): HR mask inside the HR field, the LR mask (sampled at the HR pixel size)
    outside it, keeping only the parts connected to the HR mask. The object stays at the HR pixel
    size (``mask_mpp`` = HR) and its crop grows past the HR field;
-3. the completed mask also cuts the LR field, or the LR mask does not continue the object across
-   the cut HR side (more than :data:`OPEN_SEAM_MAX` of the mask's pixels on that side have none
-   right across: the straight edge would stay; points prompts only, since a box states the
-   object's extent and a mask past it that the LR mask does not carry on is a leak), or the segmenter gave no LR mask (SAM's own
-   path): the prompt is segmented again one pyramid level coarser (same HR/LR ratio, window
-   centred on the prompt's extent joined with the cut mask's box), and this mask is dropped;
-   at ``ScheduleConfig.max_level`` the mask is final and flagged ``extra["truncated"]``.
+3. the completed mask also cuts the LR field; or, for a points prompt, the LR mask does not carry
+   the object on across the cut HR side (more than :data:`OPEN_SEAM_MAX` of the mask's pixels on
+   that side have none right across: the straight edge would stay; a box states the object's
+   extent, so there a mask past it that the LR mask does not carry on is a leak, and stays); or
+   the segmenter gave no LR mask (SAM's own path): the prompt is segmented again one pyramid
+   level coarser (same HR/LR ratio, window centred on the prompt's extent joined with the cut
+   mask's box), and this mask is dropped; at ``ScheduleConfig.max_level`` the mask is final and
+   flagged ``extra["truncated"]``.
+
+A prompt whose coarser pass gives an empty mask ends with no object (the earlier, cut mask is
+not kept: it never left the batch that made it).
 
 Only final masks reach the writer, so each prompt gives one object at most. Both executors call
 :func:`settle` after each batch and turn its ``redo`` into windows with :func:`redo_windows`,
@@ -168,21 +172,22 @@ def settle(objects: list[ObjectMask], windows: list[Window], prompts: dict[int, 
     out = BatchOutcome([])
     by_id = {w.window_id: w for w in windows}
     for obj in objects:
-        lr = obj.extra.pop(LR_MASK_KEY, None)
+        has_lr, lr = LR_MASK_KEY in obj.extra, obj.extra.pop(LR_MASK_KEY, None)  # None: an empty LR mask
         win = by_id[obj.extra["window_id"]]
         pair = win.pair
         if not cfg.complete_cut_objects or abs(obj.mask_mpp - pair.hr_mpp) > 1e-9 * pair.hr_mpp:
             out.objects.append(obj)
             continue
         row0, col0 = hr_placement(obj, pair)
-        if not any(cut_sides(obj.mask, row0, col0, pair.patch_px, pair.hr_box_l0_px, limits)):
+        hr_cut = cut_sides(obj.mask, row0, col0, pair.patch_px, pair.hr_box_l0_px, limits)
+        if not any(hr_cut):
             out.objects.append(obj)
             continue
-        cut = True
+        cut, lr_sides, open_share = True, (False,) * 4, (1.0,) * 4
         if lr is not None:
-            hr_cut = cut_sides(obj.mask, row0, col0, pair.patch_px, pair.hr_box_l0_px, limits)
             crop, row0, col0, lr_sides, open_share = compose_with_lr(obj.mask, row0, col0, lr, pair)
             obj = _placed(obj, crop, row0, col0, pair, completed_from_lr=True)
+        if has_lr:
             x0, y0, x1, y1 = pair.lr_box_l0_px
             inside = (y0 > 0, x0 > 0, y1 < limits.height_l0_px, x1 < limits.width_l0_px)
             # Still cut: by the LR field, or (points only: a box states the object's extent) along the
@@ -191,7 +196,7 @@ def settle(objects: list[ObjectMask], windows: list[Window], prompts: dict[int, 
                 and any(c and o > OPEN_SEAM_MAX for c, o in zip(hr_cut, open_share))
         if not cut:
             out.objects.append(obj)
-            out.completed_from_lr += 1
+            out.completed_from_lr += lr is not None
         elif win.level < cfg.max_level:
             ext = prompt_extent_l0_px(prompts[obj.prompt_id], cfg, limits.slide_mpp)
             h, w = obj.mask.shape

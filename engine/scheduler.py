@@ -17,6 +17,8 @@ Rules (all deterministic: the same prompts and settings give the same windows):
   that gives fewer windows: never more windows than the row greedy. A window is centred on the
   union of its prompts' extents. Every prompt lands in exactly one window; encoder passes per
   prompt = 2 x windows / prompts.
+- A mask cut by its window is completed afterwards (``engine.completion``), which may send its
+  prompt to a coarser window packed by :func:`pack_level`; those windows add to the count.
 """
 from __future__ import annotations
 

@@ -4,10 +4,11 @@ from __future__ import annotations
 import geopandas as gpd
 import numpy as np
 import rasterio.features
+import torch
 from affine import Affine
 from shapely.geometry import box as shapely_box
 
-from wsisam import MaskCrop
+from wsisam.predictor import foreground_crops
 
 from ..completion import LR_MASK_KEY, hr_placement, touches_border
 from ..records import ObjectMask, Prompt
@@ -17,7 +18,9 @@ from .base import WindowJob, mask_to_object
 class TruthSegmenter:
     """Returns, for each prompt, the truth polygon that best matches it (largest overlap with the
     prompt's box, or containing its first positive point), rasterised at the window's HR pixel
-    size. Used to check scheduling, stitching and outputs exactly, and as the ceiling in evaluations.
+    size (and, for a mask at its HR patch's border, at the LR pixel size over the LR patch, as
+    WSI-SAM's LR mask for ``engine.completion``). Used to check scheduling, stitching and outputs
+    exactly, and as the ceiling in evaluations.
     """
 
     name = "truth"
@@ -55,9 +58,7 @@ class TruthSegmenter:
                 if touches_border(*hr_placement(obj, pair), obj.mask.shape, pair.patch_px):
                     # As WSI-SAM's LR mask: the object in the LR field, for the completion step.
                     lr = _raster(geom, pair.lr_origin_l0_px, pair, pair.lr_mpp)
-                    rows, cols = np.flatnonzero(lr.any(axis=1)), np.flatnonzero(lr.any(axis=0))
-                    obj.extra[LR_MASK_KEY] = MaskCrop(int(rows[0]), int(cols[0]),
-                                                      lr[rows[0]:rows[-1] + 1, cols[0]:cols[-1] + 1])
+                    obj.extra[LR_MASK_KEY] = foreground_crops(torch.from_numpy(lr[None]))[0]
                 out.append(obj)
         return out
 

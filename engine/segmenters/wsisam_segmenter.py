@@ -65,8 +65,9 @@ class WsiSamSegmenter:
             return
         cut = [i for i in idx if touches_border(*hr_placement(results[i], jobs[flat[i][0]].window.pair),
                                                 results[i].mask.shape, self.patch_px)]
-        for start in range(0, len(cut), self.predictor.max_prompts_per_batch):
-            part = cut[start:start + self.predictor.max_prompts_per_batch]
+        step = min(self.predictor.max_prompts_per_batch, 16)  # predict() holds step x 2 x S x S float32 logits
+        for start in range(0, len(cut), step):
+            part = cut[start:start + step]
             kw, pair_index = self._prompt_kwargs([flat[i] for i in part], jobs)
             lr = self.predictor.predict(pair_index=pair_index, return_lr=True, **kw).lr_masks
             for i, crop in zip(part, wsisam.predictor.foreground_crops(torch.from_numpy(lr))):
