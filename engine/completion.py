@@ -18,8 +18,11 @@ inside the slide (a mask at the slide's own border is not cut). After a batch is
    mask's box), and this mask is dropped; at ``ScheduleConfig.max_level`` the mask is final and
    flagged ``extra["truncated"]``.
 
-A prompt whose coarser pass gives an empty mask ends with no object (the earlier, cut mask is
-not kept: it never left the batch that made it).
+The first cut mask, as the model made it, travels with the redo (:attr:`Redo.previous`): a
+coarser pass whose mask is empty, covers less than :data:`MIN_COVER` of it or misses the prompt's
+positive points (it found something else) is not taken, and that first mask is final, flagged
+truncated: a completion that cannot be carried through leaves the model's mask as it was (a mask
+that runs on past its fields is as likely a leak into a neighbour as a large object).
 
 Only final masks reach the writer, so each prompt gives one object at most. Both executors call
 :func:`settle` after each batch and turn its ``redo`` into windows with :func:`redo_windows`,
@@ -41,6 +44,9 @@ from .scheduler import ScheduleConfig, Window, pack_level, prompt_extent_l0_px
 #: mask as ``wsisam.MaskCrop`` (row0_px, col0_px, mask) in LR patch pixels. :func:`settle` removes it.
 LR_MASK_KEY = "lr_mask"
 _Box = tuple[float, float, float, float]
+#: A coarser pass is taken when its mask covers at least this share of the cut mask it replaces (a
+#: mask elsewhere, or an empty one, means the coarser pair failed: the cut mask is kept, truncated).
+MIN_COVER = 0.5
 #: A mask is still cut along an HR side when more than this share of its pixels on that side have
 #: no LR mask pixel right across (the LR mask disagrees): it then goes to a coarser pair.
 OPEN_SEAM_MAX = 0.5
@@ -58,11 +64,14 @@ class CompletionLimits:
 
 @dataclass(frozen=True)
 class Redo:
-    """A prompt to segment again at ``level``, its window to hold ``extent_l0_px``."""
+    """A prompt to segment again at ``level``, its window to hold ``extent_l0_px``; ``previous``:
+    its mask at the first level it was cut at, as the model made it (before the LR mask), kept in
+    case a coarser pass fails."""
 
     prompt_id: int
     level: int
     extent_l0_px: _Box
+    previous: ObjectMask | None = None
 
 
 @dataclass
@@ -162,17 +171,52 @@ def _placed(obj: ObjectMask, crop: np.ndarray, row0: int, col0: int, pair: Patch
                       obj.score, obj.class_name, {**obj.extra, **extra})
 
 
+def cover(mask: ObjectMask, of: ObjectMask, slide_mpp: float) -> float:
+    """Share of ``of``'s pixels (their centres) that lie in ``mask``."""
+    rows, cols = np.nonzero(of.mask)
+    f_of, f = of.mask_mpp / slide_mpp, mask.mask_mpp / slide_mpp
+    r = np.floor((of.origin_l0_px[1] + (rows + 0.5) * f_of - mask.origin_l0_px[1]) / f).astype(np.int64)
+    c = np.floor((of.origin_l0_px[0] + (cols + 0.5) * f_of - mask.origin_l0_px[0]) / f).astype(np.int64)
+    ok = (r >= 0) & (r < mask.mask.shape[0]) & (c >= 0) & (c < mask.mask.shape[1])
+    return float(mask.mask[r[ok], c[ok]].sum()) / max(1, len(rows))
+
+
+def holds_points(mask: ObjectMask, prompt: Prompt, slide_mpp: float) -> bool:
+    """Whether the mask holds at least half of the prompt's positive points (True without any)."""
+    pos = np.array([xy for xy, lab in zip(prompt.points_l0_px, prompt.point_labels) if lab == 1]).reshape(-1, 2)
+    if not len(pos):
+        return True
+    f = mask.mask_mpp / slide_mpp
+    c, r = (np.floor((pos - np.array(mask.origin_l0_px)) / f).astype(np.int64)).T
+    ok = (r >= 0) & (r < mask.mask.shape[0]) & (c >= 0) & (c < mask.mask.shape[1])
+    return 2 * int(mask.mask[r[ok], c[ok]].sum()) >= len(pos)
+
+
+def previous_masks(pending: dict[int, ObjectMask], windows: list[Window]) -> dict[int, ObjectMask]:
+    """The cut masks (from :attr:`Redo.previous`) of the prompts of ``windows``."""
+    return {i: pending[i] for w in windows for i in w.prompt_ids if i in pending}
+
+
 def settle(objects: list[ObjectMask], windows: list[Window], prompts: dict[int, Prompt],
-           limits: CompletionLimits) -> BatchOutcome:
+           limits: CompletionLimits, previous: dict[int, ObjectMask] | None = None) -> BatchOutcome:
     """Final masks of a batch and the prompts to segment again (see the module docstring).
 
     ``objects``: the segmenter's output for ``windows`` (``extra["window_id"]`` names each one's
-    window); ``prompts``: at least the batch's prompts by id."""
+    window); ``prompts``: at least the batch's prompts by id; ``previous``: the cut masks of the
+    batch's prompts that are being segmented again. A coarser mask that is empty, covers less than
+    :data:`MIN_COVER` of the cut mask or misses the prompt's positive points is not taken: the cut
+    mask is final, truncated."""
     cfg = limits.schedule
     out = BatchOutcome([])
     by_id = {w.window_id: w for w in windows}
+    fallback = dict(previous or {})
     for obj in objects:
         has_lr, lr = LR_MASK_KEY in obj.extra, obj.extra.pop(LR_MASK_KEY, None)  # None: an empty LR mask
+        if obj.prompt_id in fallback and cover(obj, fallback[obj.prompt_id], limits.slide_mpp) >= MIN_COVER \
+                and holds_points(obj, prompts[obj.prompt_id], limits.slide_mpp):
+            del fallback[obj.prompt_id]
+        if obj.prompt_id in fallback:
+            continue
         win = by_id[obj.extra["window_id"]]
         pair = win.pair
         if not cfg.complete_cut_objects or abs(obj.mask_mpp - pair.hr_mpp) > 1e-9 * pair.hr_mpp:
@@ -183,7 +227,7 @@ def settle(objects: list[ObjectMask], windows: list[Window], prompts: dict[int, 
         if not any(hr_cut):
             out.objects.append(obj)
             continue
-        cut, lr_sides, open_share = True, (False,) * 4, (1.0,) * 4
+        cut, lr_sides, open_share, model_mask = True, (False,) * 4, (1.0,) * 4, obj
         if lr is not None:
             crop, row0, col0, lr_sides, open_share = compose_with_lr(obj.mask, row0, col0, lr, pair)
             obj = _placed(obj, crop, row0, col0, pair, completed_from_lr=True)
@@ -203,12 +247,18 @@ def settle(objects: list[ObjectMask], windows: list[Window], prompts: dict[int, 
             f = obj.mask_mpp / limits.slide_mpp
             (x, y), (mx, my) = obj.origin_l0_px, (obj.origin_l0_px[0] + w * f, obj.origin_l0_px[1] + h * f)
             out.redo.append(Redo(obj.prompt_id, win.level + 1,
-                                 (min(ext[0], x), min(ext[1], y), max(ext[2], mx), max(ext[3], my))))
+                                 (min(ext[0], x), min(ext[1], y), max(ext[2], mx), max(ext[3], my)),
+                                 (previous or {}).get(obj.prompt_id, model_mask)))  # the first level's
         else:
             obj.extra["truncated"] = True
             out.objects.append(obj)
             out.truncated += 1
             out.completed_from_lr += lr is not None
+    for obj in fallback.values():  # the coarser pass failed: the cut mask stays, flagged
+        obj.extra["truncated"] = True
+        out.objects.append(obj)
+        out.truncated += 1
+        out.completed_from_lr += bool(obj.extra.get("completed_from_lr"))
     return out
 
 

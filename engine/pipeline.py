@@ -26,7 +26,7 @@ from pathlib import Path
 
 import geopandas as gpd
 
-from .completion import BatchOutcome, CompletionLimits, redo_windows, settle
+from .completion import BatchOutcome, CompletionLimits, previous_masks, redo_windows, settle
 from .output_folder import SUMMARY_NAME, inside, partial_dir, remove_tree, slide_dir
 from .records import ObjectMask, Prompt
 from .scheduler import ScheduleConfig, Window, schedule_stats, schedule_windows
@@ -266,6 +266,7 @@ def segment_slide(slide: Slide, prompts: list[Prompt], segmenter: WindowSegmente
                          prompts_dropped_outside=plan.prompts_dropped_outside)
     t.update(read=0.0, segment=0.0, stitch=0.0)
     limits = completion_limits(slide.info(), schedule)
+    pending: dict[int, ObjectMask] = {}  # cut masks of prompts being segmented again
     try:
         # Windows of one level share the HR/LR ratio and pixel size: batch within a level. A batch
         # whose masks are cut by their LR window adds batches of coarser windows (completion.py).
@@ -275,7 +276,8 @@ def segment_slide(slide: Slide, prompts: list[Prompt], segmenter: WindowSegmente
             a = time.perf_counter()
             jobs = list(read_jobs(slide, plan, windows))
             b = time.perf_counter()
-            done = settle(segmenter.segment(jobs), windows, {p.prompt_id: p for j in jobs for p in j.prompts}, limits)
+            done = settle(segmenter.segment(jobs), windows, {p.prompt_id: p for j in jobs for p in j.prompts}, limits,
+                          previous_masks(pending, windows))
             c = time.perf_counter()
             for obj in done.objects:
                 writer.add(obj)
@@ -283,7 +285,7 @@ def segment_slide(slide: Slide, prompts: list[Prompt], segmenter: WindowSegmente
             t["read"] += b - a
             t["segment"] += c - b
             t["stitch"] += time.perf_counter() - c
-            queue.extend(add_outcome(result, done, plan, limits, slide.patch_pair, windows_per_batch))
+            queue.extend(add_outcome(result, done, windows, plan, limits, slide.patch_pair, windows_per_batch, pending))
         result.empty_masks = result.prompts - result.objects
         a = time.perf_counter()
         result.timings_s = t
@@ -301,10 +303,14 @@ def completion_limits(info: SlideInfo, schedule: ScheduleConfig) -> CompletionLi
     return CompletionLimits(info.width_l0_px, info.height_l0_px, info.mpp, schedule)
 
 
-def add_outcome(counts, done: BatchOutcome, plan: SlidePlan, limits: CompletionLimits, make_pair,
-                windows_per_batch: int) -> list[list[Window]]:
-    """Count a settled batch into ``counts`` (a SlideResult or a manifest entry) and return the
-    batches of coarser windows for its prompts to segment again."""
+def add_outcome(counts, done: BatchOutcome, windows: list[Window], plan: SlidePlan, limits: CompletionLimits,
+                make_pair, windows_per_batch: int, pending: dict[int, ObjectMask]) -> list[list[Window]]:
+    """Count a settled batch of ``windows`` into ``counts`` (a SlideResult or a manifest entry),
+    move its prompts' cut masks in ``pending`` (out: theirs; in: those segmented again), and
+    return the batches of coarser windows for its prompts to segment again."""
+    for i in previous_masks(pending, windows):
+        del pending[i]
+    pending.update((r.prompt_id, r.previous) for r in done.redo)
     new = redo_windows(plan.slide_id, done.redo, limits, len(plan.windows),
                        1 + max((p.prompt_id for p in plan.prompts), default=0), make_pair) if done.redo else []
     counts.completed_from_lr += done.completed_from_lr

@@ -107,6 +107,24 @@ def test_lr_mask_that_does_not_carry_on_sends_points_coarser_but_not_boxes():
         assert bool(res.redo) == redone and len(res.objects) == (not redone)
 
 
+def test_a_failed_coarser_pass_leaves_the_first_mask_flagged_truncated():
+    out, _, limits = settle_disk(1050.0, 120.0)
+    (redo,) = out.redo
+    first = redo.previous
+    assert first.mask_mpp == 1.0 and "completed_from_lr" not in first.extra  # as the model made it
+    (win,) = redo_windows("s", out.redo, limits, 1, 1)
+    prompt = Prompt("s", 0, points_l0_px=((1050.0, 1000.0),), point_labels=(1,))
+    blank = np.zeros((64, 64, 3), np.uint8)
+    x0, y0, _, _ = win.pair.hr_box_l0_px
+    corner = (x0 + 4, y0 + 4, x0 + 24, y0 + 24)  # in the new HR field, away from the disk and the point
+    elsewhere = gpd.GeoDataFrame({"object_id": [1]}, geometry=[box(*corner)])
+    found = TruthSegmenter(elsewhere).segment([WindowJob(win, blank, blank, [Prompt("s", 0, box_l0_px=corner)])])
+    assert len(found) == 1  # a mask, but of something else: it misses the point and the first mask
+    for objects in ([], found):
+        res = settle(list(objects), [win], {0: prompt}, limits, previous={0: first})
+        assert res.objects == [first] and first.extra["truncated"] and res.truncated == 1 and not res.redo
+
+
 # -- end to end, in process: a slide whose objects are larger than the points' assumed extent ------
 
 
@@ -157,7 +175,8 @@ def run(s, truth, prompts, segmenter, out, **sched):
     for i, t in enumerate(truth.geometry):
         if i in gdf.index:
             g = gdf.loc[i].geometry
-            share[i] = boundary_on_window_borders(g, rec.windows, s.width_l0_px, s.height_l0_px)
+            mine = [w for w in rec.windows if i in w.prompt_ids]  # the windows that segmented it
+            share[i] = boundary_on_window_borders(g, mine, s.width_l0_px, s.height_l0_px)
             dice[i] = 2 * g.intersection(t).area / (g.area + t.area)
     return share, dice, res
 

@@ -65,10 +65,11 @@ class ModelActor:
     def identify(self) -> WorkerIdentity:
         return self.identity
 
-    def segment(self, jobs: list[WindowJob], batch_id: int,
-                limits: CompletionLimits | None = None) -> tuple[list[ObjectMask], BatchReport]:
+    def segment(self, jobs: list[WindowJob], batch_id: int, limits: CompletionLimits | None = None,
+                previous: dict[int, ObjectMask] | None = None) -> tuple[list[ObjectMask], BatchReport]:
         """The batch's objects; with ``limits``, only final ones, settled here (``engine.completion``)
-        so LR masks never leave the actor, and the report says which prompts to segment again."""
+        so LR masks never leave the actor, and the report says which prompts to segment again
+        (``previous``: the cut masks of prompts segmented again in this batch)."""
         _injected_fault(jobs)
         with self._lock:
             t0 = time.perf_counter()
@@ -76,7 +77,7 @@ class ModelActor:
             outcome = None
             if limits is not None:
                 outcome = settle(objects, [j.window for j in jobs], {p.prompt_id: p for j in jobs for p in j.prompts},
-                                 limits)
+                                 limits, previous)
                 objects, outcome.objects = outcome.objects, []
             dt = time.perf_counter() - t0
             self.busy_s += dt

@@ -18,6 +18,7 @@ from ray.exceptions import ActorDiedError, ActorUnavailableError, RayActorError,
 from tqdm.auto import tqdm
 
 from ..output_folder import partial_dir, remove_tree, slide_dir
+from ..completion import previous_masks
 from ..pipeline import SlidePlan, SlideResult, add_outcome, batched, by_level, completion_limits, summary_dict
 from ..scheduler import schedule_stats
 from ..slides import SlideInfo
@@ -59,6 +60,7 @@ class _SlideState:
     batches_left: int
     add_refs: list = field(default_factory=list)
     t0: float = 0.0
+    pending: dict = field(default_factory=dict)  # cut masks of prompts being segmented again
 
 
 class CohortStream:
@@ -164,7 +166,8 @@ class CohortStream:
             needed = {p.prompt_id: p for p in st.plan.prompts if p.prompt_id in ids}
             jobs = _read_remote.remote(st.info, needed, batch.windows)
             objects_ref, report_ref = self.actors[k].segment.options(num_returns=2).remote(
-                jobs, batch.batch_id, completion_limits(st.info, self.schedule))
+                jobs, batch.batch_id, completion_limits(st.info, self.schedule),
+                previous_masks(st.pending, batch.windows))
             self.load[k] += 1
             self.isolated[k] = batch.suspect
             # The process it is sent to, as last seen (the manifest's actor list follows restarts).
@@ -200,19 +203,19 @@ class CohortStream:
         entry.batches.append({"batch_id": report.batch_id, "windows": list(report.window_ids),
                               "objects": report.objects, "seconds": report.seconds, **worker})
         if report.outcome is not None:
-            self._redo(st, entry, report.outcome)
+            self._redo(st, entry, report.outcome, batch.windows)
         st.batches_left -= 1
         self.bars.windows.update(len(report.window_ids))
         self.bars.objects.update(report.objects)
         if st.batches_left == 0:
             self._finish_slide(batch.slide_id)
 
-    def _redo(self, st: _SlideState, entry, outcome) -> None:
+    def _redo(self, st: _SlideState, entry, outcome, windows) -> None:
         """Count a settled batch; its prompts cut by their LR window become batches of coarser windows."""
         # The slide snaps the new windows' centres to its pyramid, as in plan_slide.
         with st.info.open() if outcome.redo else contextlib.nullcontext() as slide:
-            new = add_outcome(entry, outcome, st.plan, completion_limits(st.info, self.schedule),
-                              slide and slide.patch_pair, self.cfg.windows_per_batch)
+            new = add_outcome(entry, outcome, windows, st.plan, completion_limits(st.info, self.schedule),
+                              slide and slide.patch_pair, self.cfg.windows_per_batch, st.pending)
         self.queue.extend(_Batch(st.info.slide_id, b[0].window_id, b) for b in new)
         st.batches_left += len(new)
         self.bars.windows.total += sum(len(b) for b in new)
