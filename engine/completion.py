@@ -79,7 +79,7 @@ class BatchOutcome:
     objects: list[ObjectMask]  # final masks, one per prompt at most
     redo: list[Redo] = field(default_factory=list)
     completed_from_lr: int = 0  # final masks that took pixels from the LR mask
-    truncated: int = 0  # final masks still cut at the coarsest level
+    truncated: int = 0  # final masks flagged truncated (cut at the coarsest level, or a coarser pass failed)
 
 
 def cut_sides(mask: np.ndarray, row0: int, col0: int, size_px: int, field_l0_px: _Box,

@@ -90,7 +90,7 @@ class SlideResult:
     prompts_dropped_outside: int = 0
     completed_from_lr: int = 0  # masks cut by their HR window, completed from the LR mask
     resegmented: int = 0  # times a prompt was segmented again one level coarser (cut by the LR window)
-    truncated: int = 0  # objects still cut at the coarsest level (flagged "truncated")
+    truncated: int = 0  # objects still cut (coarsest level reached, or a coarser pass failed): flagged "truncated"
     status: str = "done"  # done | skipped | failed | interrupted | not run
     error: str | None = None
     timings_s: dict[str, float] = field(default_factory=dict)
