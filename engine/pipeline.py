@@ -19,13 +19,15 @@ import json
 import math
 import os
 import time
+from collections import deque
 from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
+from .completion import BatchOutcome, CompletionLimits, previous_masks, redo_windows, settle
 from .output_folder import SUMMARY_NAME, inside, partial_dir, remove_tree, slide_dir
 from .records import ObjectMask, Prompt
-from .scheduler import ScheduleConfig, Window, schedule_windows
+from .scheduler import ScheduleConfig, Window, schedule_stats, schedule_windows
 from .segmenters import WindowJob, WindowSegmenter
 from .slide_result import (GEOJSON_NAME, LABELS_NAME, PARQUET_NAME, PROMPTS_NAME, QC_NAME, RunContext,
                            SlideResult, slide_summary)
@@ -174,9 +176,10 @@ class SlideWriter:
             rows.append({"object_id": oid, "prompt_id": e.prompt_id, "class_name": e.class_name, "score": e.score,
                          "area_um2": float(geom.area * self.slide_mpp**2),
                          "area_raw_um2": float(e.n_px_raw * label_px_um2),
-                         "lost_to_neighbour": e.n_px < e.n_px_raw, "geometry": geom})
+                         "lost_to_neighbour": e.n_px < e.n_px_raw, "truncated": e.truncated, "geometry": geom})
         counts = {"polygons": len(rows), "objects_without_pixels": len(self.labels.entries) - len(rows),
                   "objects_lost_to_neighbour": sum(r["lost_to_neighbour"] for r in rows),
+                  "objects_truncated": sum(r["truncated"] for r in rows),
                   "rule": "polygons are traced from the label image after the overlap rule; an object left "
                           "with no pixel has no polygon"}
         return rows, counts
@@ -255,25 +258,32 @@ def segment_slide(slide: Slide, prompts: list[Prompt], segmenter: WindowSegmente
     info = slide.info()
     writer = SlideWriter(info, out, output.label_mpp or schedule.hr_mpp, output)
     by_id = plan.prompts_by_id()
-    n_objects = 0
+    result = SlideResult.of_plan(plan, slide_dir(out, slide.slide_id))  # counts added as batches settle
     t.update(read=0.0, segment=0.0, stitch=0.0)
+    limits = completion_limits(info, schedule)
+    pending: dict[int, ObjectMask] = {}  # cut masks of prompts being segmented again
     try:
-        # Windows of one level share the HR/LR ratio and pixel size: batch within a level.
-        for level_windows in by_level(plan.windows):
-            for windows in batched(level_windows, windows_per_batch):
-                a = time.perf_counter()
-                jobs = list(read_jobs(slide, by_id, windows))
-                b = time.perf_counter()
-                objects = segmenter.segment(jobs)
-                c = time.perf_counter()
-                for obj in objects:
-                    writer.add(obj)
-                t["read"] += b - a
-                t["segment"] += c - b
-                t["stitch"] += time.perf_counter() - c
-                n_objects += len(objects)
+        # Windows of one level share the HR/LR ratio and pixel size: batch within a level. A batch
+        # whose masks are cut by their LR window adds batches of coarser windows (completion.py).
+        queue = deque(b for level in by_level(plan.windows) for b in batched(level, windows_per_batch))
+        while queue:
+            windows = queue.popleft()
+            a = time.perf_counter()
+            jobs = list(read_jobs(slide, by_id, windows))
+            b = time.perf_counter()
+            done = settle(segmenter.segment(jobs), windows, {p.prompt_id: p for j in jobs for p in j.prompts}, limits,
+                          previous_masks(pending, windows))
+            c = time.perf_counter()
+            for obj in done.objects:
+                writer.add(obj)
+            result.objects += len(done.objects)
+            t["read"] += b - a
+            t["segment"] += c - b
+            t["stitch"] += time.perf_counter() - c
+            queue.extend(add_outcome(result, done, windows, plan, limits, slide.patch_pair, windows_per_batch, pending))
+        result.empty_masks = result.prompts - result.objects
         a = time.perf_counter()
-        result = SlideResult.of_plan(plan, slide_dir(out, slide.slide_id), n_objects, t)
+        result.timings_s = dict(t)
         writer.commit(slide_summary(result, info, plan, run), plan.prompts)
         t["write"] = time.perf_counter() - a
         t.update(writer.timings)  # the breakdown of stitch and write (not in summary.json)
@@ -282,6 +292,28 @@ def segment_slide(slide: Slide, prompts: list[Prompt], segmenter: WindowSegmente
         raise
     result.timings_s = t
     return result
+
+
+def completion_limits(info: SlideInfo, schedule: ScheduleConfig) -> CompletionLimits:
+    return CompletionLimits(info.width_l0_px, info.height_l0_px, info.mpp, schedule)
+
+
+def add_outcome(counts, done: BatchOutcome, windows: list[Window], plan: SlidePlan, limits: CompletionLimits,
+                make_pair, windows_per_batch: int, pending: dict[int, ObjectMask]) -> list[list[Window]]:
+    """Count a settled batch of ``windows`` into ``counts`` (a SlideResult or a manifest entry),
+    move its prompts' cut masks in ``pending`` (out: theirs; in: those segmented again), and
+    return the batches of coarser windows for its prompts to segment again."""
+    for i in previous_masks(pending, windows):
+        del pending[i]
+    pending.update((r.prompt_id, r.previous) for r in done.redo)
+    new = redo_windows(plan.slide_id, done.redo, limits, len(plan.windows),
+                       1 + max((p.prompt_id for p in plan.prompts), default=0), make_pair) if done.redo else []
+    counts.completed_from_lr += done.completed_from_lr
+    counts.resegmented += len(done.redo)
+    counts.truncated += done.truncated
+    counts.windows += len(new)
+    counts.encoder_passes += schedule_stats(new).encoder_passes
+    return list(batched(new, windows_per_batch))
 
 
 def by_level(windows: list[Window]) -> list[list[Window]]:

@@ -17,6 +17,8 @@ Rules (all deterministic: the same prompts and settings give the same windows):
   that gives fewer windows: never more windows than the row greedy. A window is centred on the
   union of its prompts' extents. Every prompt lands in exactly one window; encoder passes per
   prompt = 2 x windows / prompts.
+- A mask cut by its window is completed afterwards (``engine.completion``), which may send its
+  prompt to a coarser window packed by :func:`pack_level`; those windows add to the count.
 """
 from __future__ import annotations
 
@@ -38,6 +40,7 @@ class ScheduleConfig:
     context_px: int = 32  # HR pixels kept between an object's box and the HR patch's edge
     points_extent_um: float = 256.0  # assumed object size for points-only prompts
     max_level: int = 8  # coarsest level: hr_mpp * 2**max_level
+    complete_cut_objects: bool = True  # masks cut by their window: LR mask, then coarser pairs (completion.py)
 
     def __post_init__(self) -> None:
         for name in ("hr_mpp", "lr_mpp", "points_extent_um"):
@@ -230,15 +233,24 @@ def schedule_windows(slide_id: str, prompts: list[Prompt], slide_mpp: float, cfg
     """Pack ``prompts`` into windows; every prompt appears in exactly one window."""
     windows: list[Window] = []
     for level, items in _by_level(prompts, slide_mpp, cfg):
-        exts = [e for e, _ in items]
-        for members in _pack_level(exts, _usable_l0_px(cfg, level, slide_mpp)):
-            ux0, uy0 = min(exts[m][0] for m in members), min(exts[m][1] for m in members)
-            ux1, uy1 = max(exts[m][2] for m in members), max(exts[m][3] for m in members)
-            pair = concentric_pair(((ux0 + ux1) / 2, (uy0 + uy1) / 2), cfg.patch_px, cfg.hr_mpp * 2**level,
-                                   cfg.lr_mpp * 2**level, slide_mpp)
-            windows.append(Window(slide_id, len(windows), level, pair,
-                                  tuple(sorted(items[m][1].prompt_id for m in members))))
+        for pair, ids in pack_level(level, [(e, p.prompt_id) for e, p in items], slide_mpp, cfg):
+            windows.append(Window(slide_id, len(windows), level, pair, ids))
     return windows
+
+
+def pack_level(level: int, items: list[tuple[_Extent, int]], slide_mpp: float,
+               cfg: ScheduleConfig) -> list[tuple[PatchPair, tuple[int, ...]]]:
+    """Windows at ``level`` for (extent, prompt id) items sorted by (top, left, id): each window's
+    pair (centred on the union of its extents) and its sorted prompt ids."""
+    exts = [e for e, _ in items]
+    out = []
+    for members in _pack_level(exts, _usable_l0_px(cfg, level, slide_mpp)):
+        ux0, uy0 = min(exts[m][0] for m in members), min(exts[m][1] for m in members)
+        ux1, uy1 = max(exts[m][2] for m in members), max(exts[m][3] for m in members)
+        pair = concentric_pair(((ux0 + ux1) / 2, (uy0 + uy1) / 2), cfg.patch_px, cfg.hr_mpp * 2**level,
+                               cfg.lr_mpp * 2**level, slide_mpp)
+        out.append((pair, tuple(sorted(items[m][1] for m in members))))
+    return out
 
 
 def _by_level(prompts: list[Prompt], slide_mpp: float,

@@ -25,6 +25,10 @@ PROMPTS_NAME = "prompts.geojson"  # every prompt segmented, with its prompt_id (
 QC_NAME = "qc.png"  # thumbnail with outlines and prompts (unless OutputConfig.qc is False)
 
 
+#: What a run counts as a slide's batches settle (SlideResult fields; the manifest's entry has them too).
+COUNTS = ("objects", "windows", "encoder_passes", "completed_from_lr", "resegmented", "truncated")
+
+
 @dataclass
 class SlideResult:
     """What a run produced for one slide (plain data; crosses process boundaries)."""
@@ -34,21 +38,28 @@ class SlideResult:
     prompts: int = 0
     objects: int = 0
     empty_masks: int = 0
-    windows: int = 0
+    windows: int = 0  # plan windows plus those of prompts segmented again in a coarser pair
     encoder_passes: int = 0
     prompts_dropped_outside: int = 0
+    completed_from_lr: int = 0  # masks cut by their HR window, completed from the LR mask
+    resegmented: int = 0  # times a prompt was segmented again one level coarser (cut by the LR window)
+    truncated: int = 0  # objects still cut (coarsest level reached, or a coarser pass failed): flagged "truncated"
     status: str = "done"  # done | skipped | failed | interrupted | not run
     error: str | None = None
     timings_s: dict[str, float] = field(default_factory=dict)
 
     @classmethod
-    def of_plan(cls, plan: "SlidePlan", output_dir: str | Path, objects: int,
+    def of_plan(cls, plan: "SlidePlan", output_dir: str | Path, counts=None,
                 timings_s: dict[str, float] | None = None) -> "SlideResult":
-        """The result of a slide whose plan ran to the end, ``objects`` of its prompts giving a mask."""
-        return cls(plan.slide_id, str(output_dir), prompts=len(plan.prompts), objects=objects,
-                   empty_masks=len(plan.prompts) - objects, windows=len(plan.windows),
-                   encoder_passes=schedule_stats(plan.windows).encoder_passes,
-                   prompts_dropped_outside=plan.prompts_dropped_outside, timings_s=dict(timings_s or {}))
+        """A slide's result: its prompts and planned windows; with ``counts`` (any record with the
+        :data:`COUNTS` attributes, e.g. the run manifest's slide entry) the counts of its run."""
+        r = cls(plan.slide_id, str(output_dir), prompts=len(plan.prompts), windows=len(plan.windows),
+                encoder_passes=schedule_stats(plan.windows).encoder_passes,
+                prompts_dropped_outside=plan.prompts_dropped_outside, timings_s=dict(timings_s or {}))
+        for name in COUNTS if counts is not None else ():
+            setattr(r, name, getattr(counts, name))
+        r.empty_masks = r.prompts - r.objects
+        return r
 
     @property
     def labels_path(self) -> Path:

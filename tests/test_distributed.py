@@ -342,19 +342,34 @@ def test_rerun_with_another_mode_is_refused_then_overwrite_redoes_it(cohort, emb
 def test_in_process_pipeline_writes_the_same_bytes_as_ray(cohort, embedded_run, tmp_path):
     """The single-process pipeline and the Ray executor are two drivers of the same stages: the
     same slide, prompts, model and batches give byte-identical files (summary.json differs only
-    in what names the run: run id, rerun settings, timings, output folder)."""
-    from engine.pipeline import segment_slide
+    in what names the run: run id, rerun settings, timings, output folder). Masks cut by their
+    window are completed alike (LR mask, then coarser pairs: new batches of the same slide on Ray)."""
+    import torch
+
     from engine.api import load_prompts
+    from engine.pipeline import segment_slide
+    from engine.slide_result import COUNTS
     from engine.slides import open_slide
 
     slides, prompts, model = cohort
     ray_out, _ = embedded_run
-    spec = engine.ModelSpec(checkpoint=str(model))
-    segmenter = spec.segmenter("cpu")
-    for path in sorted(slides.iterdir()):
-        with open_slide(path) as slide:
-            by_slide = load_prompts(prompts, [slide.info()])
-            segment_slide(slide, by_slide[slide.slide_id], segmenter, tmp_path, SCHEDULE, windows_per_batch=2)
+    m = read_manifest(ray_out)
+    assert sum(s["completed_from_lr"] for s in m["slides"].values()) > 0
+    assert sum(s["resegmented"] for s in m["slides"].values()) > 0  # the Ray path added batches
+    segmenter = engine.ModelSpec(checkpoint=str(model)).segmenter("cpu")
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # as in the model actor on this 2-CPU cluster
+    try:
+        for path in sorted(slides.iterdir()):
+            with open_slide(path) as slide:
+                by_slide = load_prompts(prompts, [slide.info()])
+                res = segment_slide(slide, by_slide[slide.slide_id], segmenter, tmp_path, SCHEDULE,
+                                    windows_per_batch=2)
+            e = m["slides"][slide.slide_id]
+            assert {k: getattr(res, k) for k in COUNTS} == {k: e[k] for k in COUNTS}
+            assert e["windows_computed"] == e["windows"]
+    finally:
+        torch.set_num_threads(threads)
     for sid in ("case_0", "case_1", "case_2"):
         a, b = ray_out / sid, tmp_path / sid
         files = sorted(p.relative_to(a) for p in a.rglob("*") if p.is_file())

@@ -16,6 +16,7 @@ from affine import Affine
 
 import wsisam
 from conftest import make_model
+from engine.completion import LR_MASK_KEY
 from engine.pipeline import OutputConfig, SlideWriter, segment_slide
 from engine.prompts import read_prompts
 from engine.records import ObjectMask, Prompt
@@ -280,6 +281,8 @@ def test_many_prompts_per_window_give_the_same_objects_as_the_plain_path(synth):
     for a, b in zip(fast, plain):
         assert (a.prompt_id, a.origin_l0_px, a.mask.shape) == (b.prompt_id, b.origin_l0_px, b.mask.shape)
         np.testing.assert_array_equal(a.mask, b.mask)
+        lr_a, lr_b = a.extra.pop(LR_MASK_KEY, None), b.extra.pop(LR_MASK_KEY, None)  # masks at the HR border
+        assert (lr_a is None) == (lr_b is None) and (lr_a is None or np.array_equal(lr_a.mask, lr_b.mask))
         assert a.score == pytest.approx(b.score, abs=1e-6) and a.extra.keys() == b.extra.keys()
         assert a.extra.pop("stability") == pytest.approx(b.extra.pop("stability"), abs=1e-3) and a.extra == b.extra
 

@@ -36,6 +36,8 @@ def add_parser(sub, name: str) -> None:
     r.add_argument("--hr-mpp", type=float, default=1.0, help="HR pixel size, µm (1.0 ~ 10x)")
     r.add_argument("--lr-mpp", type=float, default=2.0, help="LR pixel size, µm (2.0 ~ 5x)")
     r.add_argument("--context-px", type=int, default=32, help="HR pixels kept around each box in its window")
+    r.add_argument("--no-completion", action="store_true",
+                   help="leave masks cut by their window as they are (no LR completion, no coarser pair)")
     r.add_argument("--slide-mpp", type=float, default=None, help="level-0 µm/px for slides without one")
     r.add_argument("--ngff", choices=["0.4", "0.5"], default="0.5", help="0.4 (zarr v2) for QuPath/tiatoolbox")
     r.add_argument("--min-area-um2", type=float, default=10.0, help="drop polygons smaller than this")
@@ -128,7 +130,8 @@ def _segment(args: argparse.Namespace, segment_slides, spec, options: dict):
         args.slides, prompts=args.prompts, detector=args.detector,
         detector_options=options, output_dir=args.output, model=spec,
         schedule=ScheduleConfig(patch_px=spec.patch_px(), hr_mpp=args.hr_mpp, lr_mpp=args.lr_mpp,
-                                context_px=args.context_px, points_extent_um=args.points_extent_um),
+                                context_px=args.context_px, points_extent_um=args.points_extent_um,
+                                complete_cut_objects=not args.no_completion),
         output=OutputConfig(ngff_version=args.ngff, min_area_um2=args.min_area_um2, qc=not args.no_qc),
         execution=ExecutionConfig(actors=args.actors, gpus_per_actor=args.gpus_per_actor,
                                   cpus_per_actor=args.cpus_per_actor, windows_per_batch=args.windows_per_batch,

@@ -10,6 +10,7 @@ from dataclasses import dataclass
 
 import ray
 
+from ..completion import BatchOutcome, CompletionLimits, settle
 from ..pipeline import OutputConfig, SlidePlan, SlideWriter, plan_slide, read_jobs
 from ..records import ObjectMask, Prompt
 from ..scheduler import ScheduleConfig, Window
@@ -39,6 +40,7 @@ class BatchReport:
     objects: int
     seconds: float
     worker: WorkerIdentity
+    outcome: BatchOutcome | None = None  # completion counts and prompts to redo (its objects list is empty)
 
 
 class ModelActor:
@@ -63,16 +65,25 @@ class ModelActor:
     def identify(self) -> WorkerIdentity:
         return self.identity
 
-    def segment(self, jobs: list[WindowJob], batch_id: int) -> tuple[list[ObjectMask], BatchReport]:
+    def segment(self, jobs: list[WindowJob], batch_id: int, limits: CompletionLimits | None = None,
+                previous: dict[int, ObjectMask] | None = None) -> tuple[list[ObjectMask], BatchReport]:
+        """The batch's objects; with ``limits``, only final ones, settled here (``engine.completion``)
+        so LR masks never leave the actor, and the report says which prompts to segment again
+        (``previous``: the cut masks of prompts segmented again in this batch)."""
         _injected_fault(jobs)
         with self._lock:
             t0 = time.perf_counter()
             objects = self.segmenter.segment(jobs)
+            outcome = None
+            if limits is not None:
+                outcome = settle(objects, [j.window for j in jobs], {p.prompt_id: p for j in jobs for p in j.prompts},
+                                 limits, previous)
+                objects, outcome.objects = outcome.objects, []
             dt = time.perf_counter() - t0
             self.busy_s += dt
         window = jobs[0].window
         return objects, BatchReport(window.slide_id, batch_id, tuple(j.window.window_id for j in jobs),
-                                    len(objects), dt, self.identity)
+                                    len(objects), dt, self.identity, outcome)
 
     def busy_seconds(self) -> float:
         return self.busy_s

@@ -28,6 +28,9 @@ class SlideEntry:
     windows_computed: int = 0  # windows segmented in this run (0 for skipped slides)
     encoder_passes: int = 0
     prompts_dropped_outside: int = 0
+    completed_from_lr: int = 0  # see engine.pipeline.SlideResult
+    resegmented: int = 0
+    truncated: int = 0
     seconds: dict[str, float] = field(default_factory=dict)
     batches: list[dict] = field(default_factory=list)  # batch id, windows, actor, pid, gpu ids, seconds
 

@@ -11,17 +11,19 @@ with their slide (see ``executor.py``).
 """
 from __future__ import annotations
 
+import contextlib
 import sys
 import time
 from collections import deque
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 
 import ray
 from ray.exceptions import ActorDiedError, ActorUnavailableError, RayActorError, WorkerCrashedError
 from tqdm.auto import tqdm
 
 from ..output_folder import partial_dir, remove_tree, slide_dir
-from ..pipeline import SlidePlan, batched, by_level
+from ..completion import previous_masks
+from ..pipeline import SlidePlan, add_outcome, batched, by_level, completion_limits
 from ..slide_result import RunContext, SlideResult, slide_summary
 from ..scheduler import schedule_stats
 from ..slides import SlideInfo
@@ -64,6 +66,7 @@ class _SlideState:
     writer: "ray.actor.ActorHandle"
     batches_left: int
     t0: float = 0.0
+    pending: dict = field(default_factory=dict)  # cut masks of prompts being segmented again
 
 
 class CohortStream:
@@ -186,7 +189,9 @@ class CohortStream:
             st = self.states[batch.slide_id]
             needed = st.plan.prompts_by_id(i for w in batch.windows for i in w.prompt_ids)
             jobs = _read_remote.remote(st.info, needed, batch.windows)
-            objects_ref, report_ref = self.actors[k].segment.options(num_returns=2).remote(jobs, batch.batch_id)
+            objects_ref, report_ref = self.actors[k].segment.options(num_returns=2).remote(
+                jobs, batch.batch_id, completion_limits(st.info, self.schedule),
+                previous_masks(st.pending, batch.windows))
             self.load[k] += 1
             self.isolated[k] = batch.suspect
             # The process it is sent to, as last seen (the manifest's actor list follows restarts).
@@ -221,6 +226,8 @@ class CohortStream:
         self.manifest.note_worker(worker)
         entry.batches.append({"batch_id": report.batch_id, "windows": list(report.window_ids),
                               "objects": report.objects, "seconds": report.seconds, **worker})
+        if report.outcome is not None:
+            self._redo(st, entry, report.outcome, batch.windows)
         st.batches_left -= 1
         self.bars.windows.update(len(report.window_ids))
         self.bars.objects.update(report.objects)
@@ -235,6 +242,16 @@ class CohortStream:
         except Exception as exc:  # noqa: BLE001 - the writer failed: this slide fails
             if slide_id in self.states:
                 self._fail(slide_id, exc, stage="writing")
+
+    def _redo(self, st: _SlideState, entry, outcome, windows) -> None:
+        """Count a settled batch; its prompts cut by their LR window become batches of coarser windows."""
+        # The slide snaps the new windows' centres to its pyramid, as in plan_slide.
+        with st.info.open() if outcome.redo else contextlib.nullcontext() as slide:
+            new = add_outcome(entry, outcome, windows, st.plan, completion_limits(st.info, self.schedule),
+                              slide and slide.patch_pair, self.cfg.windows_per_batch, st.pending)
+        self.queue.extend(_Batch(st.info.slide_id, b[0].window_id, b) for b in new)
+        st.batches_left += len(new)
+        self.bars.windows.total += sum(len(b) for b in new)
 
     def _probe(self, ref) -> None:
         """An actor answered (or not) after calls on it failed: count deaths, requeue or fail batches."""
@@ -272,7 +289,7 @@ class CohortStream:
         """Every batch of the slide is segmented: ask its writer to publish (after the adds it has)."""
         st = self.states[slide_id]
         entry = self.manifest.slides[slide_id]
-        res = SlideResult.of_plan(st.plan, slide_dir(self.output_dir, slide_id), entry.objects,
+        res = SlideResult.of_plan(st.plan, slide_dir(self.output_dir, slide_id), entry,
                                   {"wall": time.perf_counter() - st.t0,
                                    "segment": sum(b["seconds"] for b in entry.batches)})
         summary = slide_summary(res, st.info, st.plan, self.run_context)

@@ -185,6 +185,8 @@ def object_feature(
     props["name"] = str(name) if not is_missing(name) else f"{'object' if is_missing(cls) else cls} {oid}"
     props["object_id"] = oid
     props["measurements"] = {key: _json_number(row[key]) for key in MEASUREMENTS if key in row}
+    if "truncated" in row:  # QuPath measurements are numbers: 1 = still cut by a window
+        props["measurements"]["truncated"] = int(bool(row["truncated"]))
     return {"type": "Feature", "id": feature_uuid(slide_id, oid, id_source), "geometry": geometry_json(row["geometry"], ndigits),
             "properties": props}
 

@@ -8,7 +8,9 @@ import numpy as np
 import torch
 
 import wsisam
+import wsisam.predictor
 
+from ..completion import LR_MASK_KEY, hr_placement, touches_border
 from ..records import ObjectMask
 from .base import WindowJob, crop_to_object, group_by_kind, mask_to_object, prompt_arrays_hr_px
 
@@ -57,16 +59,36 @@ class WsiSamSegmenter:
                     results[i] = mask_to_object(mask, prompt, jobs[k].window, score)
                 if results[i] is not None and getattr(mask, "stability", None) is not None:
                     results[i].extra["stability"] = mask.stability  # of the HR logits (wsisam.stability_scores)
+            self._attach_lr_masks([i for i in idx if results[i] is not None], flat, jobs, results)
         self.timings["encode"] += t1 - t0
         self.timings["decode"] += time.perf_counter() - t1
         return [results[i] for i in range(len(flat)) if results[i] is not None]
 
-    def _predict(self, items, jobs):
+    def _attach_lr_masks(self, idx, flat, jobs, results) -> None:
+        """Give each mask that reaches its HR patch's border the prompt's LR mask (cropped, in LR px)
+        as ``extra[LR_MASK_KEY]``: the completion step (``engine.completion``) needs it. Only those
+        prompts are decoded again, with the LR mask (the HR-only path does not make it)."""
+        if self.mode != "wsi":
+            return
+        cut = [i for i in idx if touches_border(*hr_placement(results[i], jobs[flat[i][0]].window.pair),
+                                                results[i].mask.shape, self.patch_px)]
+        step = min(self.predictor.max_prompts_per_batch, 16)  # predict() holds step x 2 x S x S float32 logits
+        for start in range(0, len(cut), step):
+            part = cut[start:start + step]
+            kw, pair_index = self._prompt_kwargs([flat[i] for i in part], jobs)
+            lr = self.predictor.predict(pair_index=pair_index, return_lr=True, **kw).lr_masks
+            for i, crop in zip(part, wsisam.predictor.foreground_crops(torch.from_numpy(lr))):
+                results[i].extra[LR_MASK_KEY] = crop
+
+    def _prompt_kwargs(self, items, jobs):
         # Prompts are converted per window (each has its own frame), then batched together.
         arrays = [prompt_arrays_hr_px([p], jobs[k].window) for k, p in items]
         kw = {key: None if arrays[0][key] is None else np.concatenate([a[key] for a in arrays])
               for key in ("boxes", "points", "point_labels")}
-        pair_index = np.array([k for k, _ in items])
+        return kw, np.array([k for k, _ in items])
+
+    def _predict(self, items, jobs):
+        kw, pair_index = self._prompt_kwargs(items, jobs)
         if self.mode == "sam":
             logits, iou = self.predictor.predict_sam(pair_index=pair_index, **kw)
             return wsisam.predictor.logit_crops(torch.from_numpy(logits[:, 0])), iou[:, 0]

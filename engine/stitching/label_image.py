@@ -117,7 +117,8 @@ class LabelImageWriter:
             raise ValueError(f"object id {oid} was already added")
         if np.ndim(obj.mask) != 2:
             raise ValueError(f"mask must be 2-D (h, w), got shape {np.shape(obj.mask)}")
-        entry = ObjectEntry(oid, int(obj.prompt_id), check_score(obj.score), obj.class_name)
+        entry = ObjectEntry(oid, int(obj.prompt_id), check_score(obj.score), obj.class_name,
+                            truncated=bool(obj.extra.get("truncated", False)))
         self.entries[oid] = entry
         win = self.grid.object_window(obj)
         if win is None:
@@ -218,6 +219,7 @@ class LabelImageWriter:
                     "score": e.score,
                     "prompt_id": e.prompt_id,
                     "n_px": e.n_px,
+                    "truncated": e.truncated,
                 }
             )
         return colors, properties

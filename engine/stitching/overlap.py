@@ -24,6 +24,7 @@ class ObjectEntry:
     class_name: str | None
     n_px: int = 0  # level-0 label pixels the object currently owns
     n_px_raw: int = 0  # level-0 label pixels its mask covers, before the overlap rule
+    truncated: bool = False  # still cut by a window at the coarsest level (engine.completion)
 
 
 def beats(score_a: float, id_a: int, score_b: float, id_b: int) -> bool:

@@ -127,10 +127,11 @@ def object_row(obj: ObjectMask, geom: Polygonal, slide_mpp: float) -> dict:
 
 
 #: Columns of the slide writer's objects table: :data:`COLUMNS` plus the object's area before the
-#: overlap rule and whether a neighbour took some of its pixels.
-SLIDE_COLUMNS = COLUMNS[:-1] + ["area_raw_um2", "lost_to_neighbour", "geometry"]
+#: overlap rule, whether a neighbour took some of its pixels, and whether its mask is still cut by
+#: a window at the coarsest level (``truncated``, see ``engine.completion``).
+SLIDE_COLUMNS = COLUMNS[:-1] + ["area_raw_um2", "lost_to_neighbour", "truncated", "geometry"]
 _DTYPES = {"object_id": "int64", "prompt_id": "int64", "score": "float64", "area_um2": "float64",
-           "area_raw_um2": "float64", "lost_to_neighbour": "bool"}
+           "area_raw_um2": "float64", "lost_to_neighbour": "bool", "truncated": "bool"}
 
 
 def rows_to_geodataframe(rows: list[dict], columns: list[str] = COLUMNS) -> gpd.GeoDataFrame:

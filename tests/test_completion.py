@@ -1,0 +1,220 @@
+"""Objects are never cut by a window (engine.completion): masks at the HR border take the LR mask
+outside the HR field; masks cut by the LR field go one level coarser; at the coarsest level they
+are flagged truncated; the slide's own border is no cut."""
+import json
+
+import geopandas as gpd
+import numpy as np
+import pytest
+import shapely
+import zarr
+from shapely.geometry import LineString, Point, box
+
+import wsisam
+from engine.completion import CompletionLimits, redo_windows, settle
+from engine.geometry import concentric_pair
+from engine.pipeline import segment_slide
+from engine.records import Prompt
+from engine.scheduler import ScheduleConfig, Window
+from engine.segmenters import TruthSegmenter, WindowJob, WsiSamSegmenter
+from engine.slides import open_slide
+from engine.support.demo_eval import DEMO_MODEL_PATH
+from engine.support.synthetic import make_synthetic_slide
+
+SCHED = ScheduleConfig(patch_px=64, context_px=4)
+# HR 64 px at 1 µm on a 0.5 µm slide: 128 level-0 px, [936, 1064); LR [872, 1128).
+PAIR = concentric_pair((1000.0, 1000.0), 64, 1.0, 2.0, 0.5)
+
+
+def settle_disk(centre_x: float, radius: float, width: float = 4000.0, points: bool = True, **sched):
+    """One prompt on a disk object in PAIR's window, segmented by the truth oracle, then settled."""
+    disk = Point(centre_x, 1000.0).buffer(radius, 64)
+    truth = gpd.GeoDataFrame({"object_id": [1], "class_name": ["x"]}, geometry=[disk])
+    prompt = Prompt("s", 0, points_l0_px=((centre_x, 1000.0),), point_labels=(1,)) if points else \
+        Prompt("s", 0, box_l0_px=(970.0, 970.0, 1030.0, 1030.0))
+    window = Window("s", 0, 0, PAIR, (0,))
+    blank = np.zeros((64, 64, 3), np.uint8)
+    objects = TruthSegmenter(truth).segment([WindowJob(window, blank, blank, [prompt])])
+    limits = CompletionLimits(width, 4000.0, 0.5, ScheduleConfig(patch_px=64, context_px=4, **sched))
+    return settle(objects, [window], {0: prompt}, limits), disk, limits
+
+
+def placed_polygon(obj) -> shapely.Geometry:
+    from engine.stitching.polygons import mask_to_polygons
+
+    return shapely.union_all(mask_to_polygons(obj.mask, obj.origin_l0_px, obj.mask_mpp / 0.5))
+
+
+def iou(a, b) -> float:
+    return a.intersection(b).area / a.union(b).area
+
+
+def test_mask_at_the_hr_border_takes_the_lr_mask_outside_the_hr_field():
+    out, disk, _ = settle_disk(1050.0, 50.0)  # x in [1000, 1100]: past the HR field (1064), inside LR (1128)
+    assert not out.redo and out.completed_from_lr == 1 and out.truncated == 0
+    (obj,) = out.objects
+    assert obj.mask_mpp == 1.0 and "lr_mask" not in obj.extra and obj.extra["completed_from_lr"]
+    poly = placed_polygon(obj)
+    assert poly.bounds[2] > 1090  # it goes on past the HR field's right side
+    assert iou(poly, disk) > 0.95  # HR inside, LR (2 µm pixels) outside: the whole disk
+    hr_only = box(*PAIR.hr_box_l0_px).intersection(disk)
+    assert iou(hr_only, disk) < 0.8  # what the mask was before: cut at x = 1064
+
+
+def test_mask_cut_by_the_lr_field_is_sent_one_level_coarser():
+    out, disk, limits = settle_disk(1050.0, 120.0)  # x up to 1170: past the LR field (1128)
+    assert out.objects == [] and out.truncated == 0  # this mask is dropped: only the final one is written
+    (redo,) = out.redo
+    assert redo.prompt_id == 0 and redo.level == 1
+    ext = box(*redo.extent_l0_px)
+    assert ext.contains(box(930, 930, 1128, 1070))  # the cut mask's box joined with the prompt's
+    (win,) = redo_windows("s", out.redo, limits, first_id=1, id_stride=1)
+    assert win.level == 1 and win.prompt_ids == (0,) and win.window_id >= 1 and win.pair.hr_mpp == 2.0
+    assert box(*win.pair.lr_box_l0_px).contains(disk)  # where it fits now
+    assert redo_windows("s", out.redo, limits, 1, 1) == [win]  # deterministic
+
+
+def test_mask_still_cut_at_the_coarsest_level_is_flagged_truncated():
+    out, _, _ = settle_disk(1050.0, 120.0, max_level=0)
+    assert not out.redo and out.truncated == 1
+    (obj,) = out.objects
+    assert obj.extra["truncated"] is True and placed_polygon(obj).bounds[2] >= 1127
+
+
+def test_the_slide_border_is_no_cut():
+    out, _, _ = settle_disk(1050.0, 50.0, width=1064.0)  # the HR field's right side is the slide's edge
+    (obj,) = out.objects
+    assert out.completed_from_lr == 0 and not out.redo and "completed_from_lr" not in obj.extra
+    assert obj.origin_l0_px[0] + obj.mask.shape[1] * 2 == 1064.0  # left as it was
+
+
+def test_lr_mask_that_does_not_carry_on_sends_points_coarser_but_not_boxes():
+    # The oracle's LR mask is the disk too, so make the HR mask leak alone: a disk cut by the HR field,
+    # whose LR counterpart is removed.
+    out, _, limits = settle_disk(1050.0, 50.0)
+    assert out.completed_from_lr == 1
+    for points, redone in ((True, True), (False, False)):
+        disk = Point(1050.0, 1000.0).buffer(50.0, 64)
+        truth = gpd.GeoDataFrame({"object_id": [1]}, geometry=[disk])
+        prompt = Prompt("s", 0, points_l0_px=((1000.0, 1000.0),), point_labels=(1,)) if points else \
+            Prompt("s", 0, box_l0_px=(990.0, 990.0, 1060.0, 1010.0))
+        window = Window("s", 0, 0, PAIR, (0,))
+        blank = np.zeros((64, 64, 3), np.uint8)
+        (obj,) = TruthSegmenter(truth).segment([WindowJob(window, blank, blank, [prompt])])
+        lr = obj.extra["lr_mask"]
+        lr.mask[:, (1064 - 872) // 4 - lr.col0_px:] = False  # the LR mask stops at the HR field's side (x = 1064)
+        res = settle([obj], [window], {0: prompt}, limits)
+        assert bool(res.redo) == redone and len(res.objects) == (not redone)
+
+
+def test_a_failed_coarser_pass_leaves_the_first_mask_flagged_truncated():
+    out, _, limits = settle_disk(1050.0, 120.0)
+    (redo,) = out.redo
+    first = redo.previous
+    assert first.mask_mpp == 1.0 and "completed_from_lr" not in first.extra  # as the model made it
+    (win,) = redo_windows("s", out.redo, limits, 1, 1)
+    prompt = Prompt("s", 0, points_l0_px=((1050.0, 1000.0),), point_labels=(1,))
+    blank = np.zeros((64, 64, 3), np.uint8)
+    x0, y0, _, _ = win.pair.hr_box_l0_px
+    corner = (x0 + 4, y0 + 4, x0 + 24, y0 + 24)  # in the new HR field, away from the disk and the point
+    elsewhere = gpd.GeoDataFrame({"object_id": [1]}, geometry=[box(*corner)])
+    found = TruthSegmenter(elsewhere).segment([WindowJob(win, blank, blank, [Prompt("s", 0, box_l0_px=corner)])])
+    assert len(found) == 1  # a mask, but of something else: it misses the point and the first mask
+    for objects in ([], found):
+        res = settle(list(objects), [win], {0: prompt}, limits, previous={0: first})
+        assert res.objects == [first] and first.extra["truncated"] and res.truncated == 1 and not res.redo
+
+
+# -- end to end, in process: a slide whose objects are larger than the points' assumed extent ------
+
+
+def boundary_on_window_borders(geom, windows, width, height) -> float:
+    """Share of ``geom``'s outline lying on a side of any window's HR or LR field (within a level-0
+    pixel), sides on or past the slide's border excepted."""
+    lines = []
+    for w in windows:
+        for x0, y0, x1, y1 in (w.pair.hr_box_l0_px, w.pair.lr_box_l0_px):
+            for (a, b), (c, d) in (((x0, y0), (x1, y0)), ((x1, y0), (x1, y1)), ((x1, y1), (x0, y1)),
+                                   ((x0, y1), (x0, y0))):
+                if not ((a == c and (a <= 0 or a >= width)) or (b == d and (b <= 0 or b >= height))):
+                    lines.append(LineString([(a, b), (c, d)]))
+    band = shapely.union_all(lines).buffer(1.01).intersection(box(0.5, 0.5, width - 0.5, height - 0.5))
+    return geom.boundary.intersection(band).length / geom.boundary.length
+
+
+class Recording:
+    """Passes batches to a segmenter and keeps their windows (for the border measure)."""
+
+    def __init__(self, inner):
+        self.inner, self.name, self.windows = inner, inner.name, []
+
+    def segment(self, jobs):
+        self.windows += [j.window for j in jobs]
+        return self.inner.segment(jobs)
+
+
+@pytest.fixture(scope="module")
+def big_objects(tmp_path_factory):
+    s = make_synthetic_slide(tmp_path_factory.mktemp("big") / "big.ome.tif", 4096, 4096, mpp=0.5, n_objects=8,
+                             seed=7, n_large=1, context_objects=4, n_edge=1, tissue_fraction=0.9)
+    truth = s.truth.sort_values("object_id").reset_index(drop=True)
+    points = [Prompt(s.slide_id, i, points_l0_px=((g.representative_point().x, g.representative_point().y),),
+                     point_labels=(1,)) for i, g in enumerate(truth.geometry)]
+    boxes = [Prompt(s.slide_id, i, box_l0_px=tuple(g.bounds)) for i, g in enumerate(truth.geometry)]
+    return s, truth, points, boxes
+
+
+def run(s, truth, prompts, segmenter, out, **sched):
+    """Border share and dice per truth object (prompt i is truth row i), and the result."""
+    rec = Recording(segmenter)
+    cfg = ScheduleConfig(patch_px=256, context_px=16, points_extent_um=128.0, **sched)
+    with open_slide(s.path) as slide:
+        res = segment_slide(slide, prompts, rec, out, cfg)
+    gdf = res.geodataframe().set_index("prompt_id")
+    share, dice = np.full(len(truth), np.nan), np.zeros(len(truth))
+    for i, t in enumerate(truth.geometry):
+        if i in gdf.index:
+            g = gdf.loc[i].geometry
+            mine = [w for w in rec.windows if i in w.prompt_ids]  # the windows that segmented it
+            share[i] = boundary_on_window_borders(g, mine, s.width_l0_px, s.height_l0_px)
+            dice[i] = 2 * g.intersection(t).area / (g.area + t.area)
+    return share, dice, res
+
+
+def test_points_on_large_objects_with_the_oracle_are_no_longer_cut(big_objects, tmp_path):
+    s, truth, points, boxes = big_objects
+    assert (truth.geometry.bounds.maxx - truth.geometry.bounds.minx).max() * s.mpp > 1000  # > 4 LR fields of 128 µm
+    share0, dice0, before = run(s, truth, points, TruthSegmenter(truth), tmp_path / "a", complete_cut_objects=False)
+    share1, dice1, after = run(s, truth, points, TruthSegmenter(truth), tmp_path / "b")
+    assert (share0 > 0.2).sum() >= 4 and dice0.min() < 0.5  # before: cut along window sides
+    assert share1.max() < 0.05 and dice1.min() > 0.99  # after: whole objects
+    assert after.completed_from_lr >= 3 and after.resegmented >= 1 and after.truncated == 0
+    assert after.windows == before.windows + after.resegmented and after.encoder_passes == 2 * after.windows
+    share, dice, _ = run(s, truth, boxes, TruthSegmenter(truth), tmp_path / "c")  # tight boxes: never cut
+    assert share.max() < 0.05 and dice.min() > 0.99
+    # At a coarsest level too fine for the large object, it stays cut and says so everywhere.
+    _, _, res = run(s, truth, points, TruthSegmenter(truth), tmp_path / "d", max_level=1)
+    gdf = res.geodataframe()
+    large = int(np.flatnonzero(truth.class_name == "large")[0])
+    assert res.truncated == 1 and gdf.set_index("prompt_id").truncated.to_dict() == {
+        i: i == large for i in range(len(truth))}
+    summary = json.loads((res.labels_path.parent / "summary.json").read_text())
+    assert summary["result"]["truncated"] == 1 and summary["vectors"]["objects_truncated"] == 1
+    fc = json.loads(res.geojson_path.read_text())
+    assert sorted(f["properties"]["measurements"]["truncated"] for f in fc["features"]) == [0] * 7 + [1]
+    props = zarr.open_group(str(res.labels_path), mode="r")["labels/objects"].attrs.asdict()
+    props = (props.get("ome") or props)["image-label"]["properties"]
+    assert sum(p["truncated"] for p in props) == 1
+
+
+def test_points_on_large_objects_with_the_demo_model(big_objects, tmp_path):
+    """The bundled demo model: tiny, trained at 1/2 µm; its LR masks of large objects are poor, so most
+    cut masks go to a coarser pair. Shows what a user would measure: fewer outlines along window
+    sides, and no object worse."""
+    s, truth, points, _ = big_objects
+    seg = WsiSamSegmenter(wsisam.WsiSamPredictor(wsisam.load_wsisam(DEMO_MODEL_PATH), device="cpu"))
+    share0, dice0, _ = run(s, truth, points, seg, tmp_path / "a", complete_cut_objects=False)
+    share1, dice1, after = run(s, truth, points, seg, tmp_path / "b")
+    assert after.resegmented + after.completed_from_lr >= 3
+    assert np.nanmean(share1) < np.nanmean(share0) and dice1.mean() > dice0.mean() + 0.03
+    assert (dice1 >= dice0 - 0.02).all()
