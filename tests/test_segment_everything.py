@@ -33,7 +33,9 @@ from engine.stitching.qc_picture import TRUNCATED_RGB, bounded_thumbnail, write_
 from engine.support.synthetic import make_synthetic_slide
 
 # Point prompts at the demo model's 1 µm/px (its 256 µm HR field holds a 128 µm extent plus context).
-SCHEDULE = ScheduleConfig(patch_px=256, context_px=16, points_extent_um=128)
+# The filters on their own: with completion on, a cut mask is segmented again (two segmenter outputs
+# for one writer input), which test_completion.py covers; the CLI test below runs both together.
+SCHEDULE = ScheduleConfig(patch_px=256, context_px=16, points_extent_um=128, complete_cut_objects=False)
 
 
 @pytest.fixture(scope="module")
