@@ -127,38 +127,66 @@ def _injected_fault(jobs: list[WindowJob]) -> None:
 
 
 class SlideWriterActor:
-    """The single writer of one slide's outputs (label image, polygons, summary).
+    """Writes slides' outputs (label image, polygons, summary): each slide has exactly one writer,
+    a :class:`SlideWriter` in one of these processes, and a process serves slide after slide, so
+    no process starts per slide.
 
-    Its calls run in the order they were sent. If an ``add`` fails, the ``commit`` that follows
-    refuses with that error, so a slide is never published with a batch missing.
+    Calls run in the order they were sent. If an ``add`` of a slide fails, that slide's
+    ``commit`` refuses with the error, so a slide is never published with a batch missing.
     """
 
-    def __init__(self, info: SlideInfo, output_dir: str, label_mpp: float, output: OutputConfig) -> None:
-        self.writer = SlideWriter(info, output_dir, label_mpp, output)
-        self.seconds = 0.0
-        self.error: BaseException | None = None
+    def __init__(self) -> None:
+        self.writers: dict[str, SlideWriter] = {}
+        self.seconds: dict[str, float] = {}
+        self.errors: dict[str, BaseException] = {}
 
-    def add(self, objects: list[ObjectMask]) -> int:
+    def open(self, info: SlideInfo, output_dir: str, label_mpp: float, output: OutputConfig) -> None:
+        self.seconds[info.slide_id] = 0.0
+        try:
+            self.writers[info.slide_id] = SlideWriter(info, output_dir, label_mpp, output)
+        except BaseException as exc:  # the slide's next call says so
+            self.errors[info.slide_id] = exc
+
+    def _writer(self, slide_id: str) -> SlideWriter:
+        if slide_id in self.errors:
+            raise self.errors[slide_id]
+        if slide_id not in self.writers:
+            raise RuntimeError(f"slide {slide_id} is not open in writer process {os.getpid()} (the process that "
+                               "had it died)")
+        return self.writers[slide_id]
+
+    def add(self, slide_id: str, objects: list[ObjectMask]) -> int:
         t0 = time.perf_counter()
         try:
+            writer = self._writer(slide_id)
             for obj in objects:
-                self.writer.add(obj)
+                writer.add(obj)
         except BaseException as exc:
-            self.error = self.error or exc
+            self.errors.setdefault(slide_id, exc)
             raise
         finally:
-            self.seconds += time.perf_counter() - t0
+            self.seconds[slide_id] = self.seconds.get(slide_id, 0.0) + time.perf_counter() - t0
         return len(objects)
 
-    def commit(self, summary: dict, prompts: list[Prompt]) -> float:
-        if self.error is not None:
-            raise RuntimeError(f"not published: adding a batch failed earlier: {self.error!r}") from self.error
+    def commit(self, slide_id: str, summary: dict, prompts: list[Prompt]) -> float:
+        """Publish the slide; returns the seconds its writer worked."""
+        if slide_id in self.errors:
+            self.abort(slide_id)
+            raise RuntimeError(f"not published: opening or adding a batch failed earlier: "
+                               f"{self.errors.pop(slide_id)!r}")
         t0 = time.perf_counter()
-        self.writer.commit(summary, prompts)
-        return self.seconds + time.perf_counter() - t0
+        try:
+            self._writer(slide_id).commit(summary, prompts)
+        finally:
+            self.writers.pop(slide_id, None)
+        return self.seconds.pop(slide_id, 0.0) + time.perf_counter() - t0
 
-    def abort(self) -> None:
-        self.writer.abort()
+    def abort(self, slide_id: str) -> None:
+        writer = self.writers.pop(slide_id, None)
+        self.seconds.pop(slide_id, None)
+        self.errors.pop(slide_id, None)
+        if writer is not None:
+            writer.abort()
 
 
 def plan_task(info: SlideInfo, prompts: list[Prompt] | None, detector, schedule: ScheduleConfig) -> SlidePlan:

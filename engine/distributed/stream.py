@@ -63,7 +63,7 @@ class _Batch:
 class _SlideState:
     info: SlideInfo
     plan: SlidePlan
-    writer: "ray.actor.ActorHandle"
+    writer: int  # index in CohortStream.writers
     batches_left: int
     t0: float = 0.0
     pending: dict = field(default_factory=dict)  # cut masks of prompts being segmented again
@@ -85,6 +85,10 @@ class CohortStream:
         self.in_flight: dict = {}  # report ref -> (batch, objects ref, actor index, pid)
         self.writing: dict = {}  # writer add ref -> slide id (the batch still holds its slot)
         self.commits: dict = {}  # writer commit ref -> slide id
+        # Writer processes, started as slides need them and reused slide after slide: one per model
+        # actor plus one, so a slide's commit does not hold up the next slide's batches.
+        self.writers: list = []
+        self.n_writers = len(actors) + 1
         # After a call on actor k failed: identify ref -> (k, when asked, the batches that failed on
         # it). An actor gets no work until its probe answers: Ray rejects calls made while an actor
         # restarts, and the answer's pid tells whether the process really died.
@@ -127,6 +131,8 @@ class CohortStream:
             raise
         finally:
             self.bars.close()
+            for w in self.writers:
+                ray.kill(w)
         for ref in list(self.probes):  # actors that restarted last: record who they are now
             try:
                 if ray.wait([ref], timeout=30)[0]:
@@ -162,14 +168,29 @@ class CohortStream:
                  "wholly outside the slide and were dropped")
         if not plan.prompts:
             _say(f"slide {info.slide_id}: no prompts to segment ({plan.prompts_read} read); its outputs will be empty")
-        writer = ray.remote(SlideWriterActor).options(num_cpus=0.25, max_restarts=0).remote(
-            info, str(self.output_dir), self.label_mpp, self.output)
+        writer = self._writer_for_new_slide()
+        self.writers[writer].open.remote(info, str(self.output_dir), self.label_mpp, self.output)
         batches = [b for level in by_level(plan.windows) for b in batched(level, self.cfg.windows_per_batch)]
         self.states[info.slide_id] = _SlideState(info, plan, writer, len(batches), t0=time.perf_counter())
         self.queue.extend(_Batch(info.slide_id, i, b) for i, b in enumerate(batches))
         self.bars.windows.total = (self.bars.windows.total or 0) + len(plan.windows)
         if not batches:
             self._commit(info.slide_id)
+
+    def _writer_for_new_slide(self) -> int:
+        """The writer process with the fewest open slides (a new one while fewer than n_writers)."""
+        load = [0] * len(self.writers)
+        for st in self.states.values():
+            load[st.writer] += 1
+        if len(self.writers) < self.n_writers and (not load or min(load) > 0):
+            self.writers.append(ray.remote(SlideWriterActor).options(num_cpus=0.25, max_restarts=0).remote())
+            return len(self.writers) - 1
+        return min(range(len(self.writers)), key=lambda w: (load[w], w))
+
+    def _writer_died(self, w: int) -> None:
+        """A writer process died: its open slides fail (their callers see it); new slides get a new one."""
+        ray.kill(self.writers[w])
+        self.writers[w] = ray.remote(SlideWriterActor).options(num_cpus=0.25, max_restarts=0).remote()
 
     def _dispatch(self) -> None:
         while self.queue and len(self.in_flight) + len(self.writing) < self.max_in_flight:
@@ -219,7 +240,7 @@ class CohortStream:
         if st is None:
             return
         entry = self.manifest.slides[batch.slide_id]
-        self.writing[st.writer.add.remote(objects_ref)] = batch.slide_id
+        self.writing[self.writers[st.writer].add.remote(batch.slide_id, objects_ref)] = batch.slide_id
         entry.objects += report.objects
         entry.windows_computed += len(report.window_ids)
         worker = asdict(report.worker)
@@ -295,7 +316,7 @@ class CohortStream:
         summary = slide_summary(res, st.info, st.plan, self.run_context)
         # A writer runs its calls in order, so the commit follows every add; one that failed makes
         # the commit refuse (SlideWriterActor), so a slide is never published with a batch missing.
-        self.commits[st.writer.commit.remote(summary, st.plan.prompts)] = (slide_id, res)
+        self.commits[self.writers[st.writer].commit.remote(slide_id, summary, st.plan.prompts)] = (slide_id, res)
 
     def _committed(self, ref) -> None:
         slide_id, res = self.commits.pop(ref)
@@ -308,7 +329,6 @@ class CohortStream:
             self._fail(slide_id, exc, stage="writing")
             return
         self.states.pop(slide_id)
-        ray.kill(st.writer)
         entry = self.manifest.slides[slide_id]
         entry.status, entry.seconds = "done", res.timings_s
         self.results[slide_id] = res
@@ -331,10 +351,11 @@ class CohortStream:
         st = self.states.pop(slide_id, None)
         if st is not None:
             try:
-                ray.get(st.writer.abort.remote(), timeout=30)
-            except Exception:  # noqa: BLE001 - a dead writer: the partial folder is removed below
+                ray.get(self.writers[st.writer].abort.remote(slide_id), timeout=30)
+            except _DEATHS:  # its writer process died: a new one serves the next slides
+                self._writer_died(st.writer)
+            except Exception:  # noqa: BLE001 - the partial folder is removed below
                 pass
-            ray.kill(st.writer)
         remove_tree(self.output_dir, partial_dir(self.output_dir, slide_id).name)
         self.queue = deque(b for b in self.queue if b.slide_id != slide_id)
         self.writing = {r: sid for r, sid in self.writing.items() if sid != slide_id}
