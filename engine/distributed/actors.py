@@ -113,17 +113,18 @@ def actor_device(who: str, gpu_ids: tuple[str, ...], allow_cpu: bool) -> str:
 #: Fault injection for the engine's own fault tests: a model actor given a batch of this slide
 #: ends its process at once, as an out-of-memory kill would.
 FAULT_ENV = "WSISAM_ENGINE_TEST_KILL_WORKER_ON_SLIDE"
-#: For the same tests: seconds each batch takes at least, so a run is reliably mid-cohort when
-#: the test stops or kills something.
-SLOW_ENV = "WSISAM_ENGINE_TEST_SECONDS_PER_BATCH"
+#: For the same tests: "<seconds>:<slide id>" makes each batch of that slide take that long, so a
+#: run is reliably mid-cohort when the test stops or kills something.
+SLOW_ENV = "WSISAM_ENGINE_TEST_SLOW_SLIDE"
 
 
 def _injected_fault(jobs: list[WindowJob]) -> None:
     target = os.environ.get(FAULT_ENV)
     if target and jobs and jobs[0].window.slide_id == target:
         os._exit(137)
-    if os.environ.get(SLOW_ENV):
-        time.sleep(float(os.environ[SLOW_ENV]))
+    seconds, _, slow = os.environ.get(SLOW_ENV, "").partition(":")
+    if slow and jobs and jobs[0].window.slide_id == slow:
+        time.sleep(float(seconds))
 
 
 class SlideWriterActor:
