@@ -120,8 +120,7 @@ class SlideWriterActor:
 
     def add(self, objects: list[ObjectMask]) -> int:
         t0 = time.perf_counter()
-        for obj in objects:
-            self.writer.add(obj)
+        self.writer.add_many(objects)
         self.seconds += time.perf_counter() - t0
         return len(objects)
 
