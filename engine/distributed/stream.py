@@ -196,7 +196,8 @@ class CohortStream:
         worker = asdict(report.worker)
         self.manifest.note_worker(worker)
         entry.batches.append({"batch_id": report.batch_id, "windows": list(report.window_ids),
-                              "objects": report.objects, "seconds": report.seconds, **worker})
+                              "objects": report.objects, "seconds": report.seconds,
+                              "finished_unix_s": round(time.time(), 3), **worker})
         st.batches_left -= 1
         self.bars.windows.update(len(report.window_ids))
         self.bars.objects.update(report.objects)
