@@ -62,6 +62,7 @@ class TreeRun:
     strays: list[str]  # processes outside the tree that name the run's Ray temp dir
     sampler_cpu_s: float  # CPU seconds this (the bench's) process spent meanwhile, sampling mostly
     load_avg: tuple[float, float]  # 1-minute load average before and after
+    peak_by_proc_mib: dict[str, float]  # each process's PSS in the peak sample
     manifest_s: float | None = None  # when the watched file first appeared (seconds since start)
 
     def first_line(self, fragment: str) -> float | None:
@@ -83,7 +84,8 @@ class TreeSampler(threading.Thread):
         self.names: set[str] = set()
         self.strays: set[str] = set()
         self.watch_s: float | None = None
-        self._labelled: set[int] = set()
+        self._labelled: dict[int, str] = {}
+        self.peak_by_proc: dict[str, float] = {}
         self._halt = threading.Event()
 
     def stop(self) -> None:
@@ -105,19 +107,22 @@ class TreeSampler(threading.Thread):
         while not self._halt.is_set():
             procs = self.tree()
             total = n = 0
+            by_proc = {}
             for p in procs:
                 try:
-                    total += _pss_bytes(p)
+                    pss = _pss_bytes(p)
+                    total += pss
                     n += 1
-                    if p.pid not in self._labelled:
-                        self._labelled.add(p.pid)
-                        self.names.add(_proc_label(p))
+                    self._labelled[p.pid] = _proc_label(p)  # Ray workers retitle themselves (ray::IDLE, ...)
+                    self.names.add(self._labelled[p.pid])
+                    by_proc[p.pid] = pss
                 except (psutil.NoSuchProcess, psutil.AccessDenied, psutil.ZombieProcess, FileNotFoundError,
                         ProcessLookupError):
                     continue
             self.samples += 1
             if total > self.peak_bytes:
                 self.peak_bytes, self.peak_processes = total, n
+                self.peak_by_proc = {f"{self._labelled[pid]} ({pid})": b / _MIB for pid, b in by_proc.items()}
             if self.ray_temp_dir is not None and self.samples % 10 == 1:
                 self._find_strays({p.pid for p in procs})
             if self.watch is not None and self.watch_s is None and self.watch.exists():
@@ -197,7 +202,8 @@ def run_tree(argv: list[str], env: dict, log_path: Path, ray_temp_dir: Path | No
         wall = time.time() - start
         sampler.stop()
     return TreeRun(rc, start, wall, lines, sampler.peak_bytes / _MIB, sampler.peak_processes, sampler.samples,
-                   sorted(sampler.names), sorted(sampler.strays), sum(me.cpu_times()[:2]) - cpu0, (load0, os.getloadavg()[0]), sampler.watch_s)
+                   sorted(sampler.names), sorted(sampler.strays), sum(me.cpu_times()[:2]) - cpu0,
+                   (load0, os.getloadavg()[0]), sampler.peak_by_proc, sampler.watch_s)
 
 
 def _env(extra: dict | None = None) -> dict:
@@ -213,7 +219,8 @@ def _env(extra: dict | None = None) -> dict:
 # The two paths
 
 
-def run_cli_segment(slides: Path, prompts: Path, out: Path, model_file: Path | None, work: Path) -> tuple[TreeRun, dict]:
+def run_cli_segment(slides: Path, prompts: Path, out: Path, model_file: Path | None,
+                    work: Path) -> tuple[TreeRun, dict]:
     """The real ``segment`` command in a subprocess; returns the watched run and its manifest."""
     from ..distributed.manifest import read_manifest
     from ..output_folder import MANIFEST_NAME
@@ -257,6 +264,7 @@ def ray_figures(run: TreeRun, manifest: dict) -> dict:
         "peak_pss_mib": run.peak_pss_mib, "peak_processes": run.peak_processes, "samples": run.samples,
         "process_names": run.process_names, "strays": run.strays, "sampler_cpu_s": run.sampler_cpu_s,
         "load_avg": run.load_avg,
+        "peak_by_process_mib": dict(sorted(run.peak_by_proc_mib.items(), key=lambda kv: -kv[1])),
     }
 
 
@@ -435,7 +443,8 @@ def result(opts, inputs, model_text, rf, ray_run, ip, ip_run, cohort, seconds) -
              f"{rf['actors']} actor): wall {fmt(rf['wall_s'])} s; {phase_text}. Machine: {os.cpu_count()} CPUs, "
              f"1-min load average {_loads(rf['load_avg'])} before/after the Ray run, {_loads(ip_run.load_avg)} "
              "the in-process one (other work on the machine slows both, Ray's many processes more).",
-             f"Ray streaming phase {fmt(rf['stream_s'])} s, model actor busy {', '.join(fmt(b) for b in rf['actor_busy_s'])}"
+             f"Ray streaming phase {fmt(rf['stream_s'])} s, model actor busy "
+             f"{', '.join(fmt(b) for b in rf['actor_busy_s'])}"
              f" s = {pct(rf['busy_share']) if rf['busy_share'] is not None else 'n/a'}; {rf['windows']} windows, "
              f"{rf['objects']} objects (in-process: {ip['windows']} windows, {ip['objects']} objects).",
              f"in-process (fresh interpreter, {ip['device']}, torch threads {ip['threads']}): process wall "
@@ -446,8 +455,10 @@ def result(opts, inputs, model_text, rf, ray_run, ip, ip_run, cohort, seconds) -
              f"peak PSS summed over the process tree (sampled every {SAMPLE_INTERVAL_S} s): Ray run "
              f"{fmt(rf['peak_pss_mib'])} MiB over {rf['peak_processes']} processes ({rf['samples']} samples; "
              f"processes seen: {', '.join(rf['process_names'])}; strays outside the tree: {len(rf['strays'])}); "
-             f"in-process {fmt(ip_run.peak_pss_mib)} MiB. The sampling took {fmt(rf['sampler_cpu_s'])} CPU s "
-             f"during the Ray run ({pct(rf['sampler_cpu_s'] / rf['wall_s'])} of one core).",
+             f"in-process {fmt(ip_run.peak_pss_mib)} MiB. Largest at the Ray peak: "
+             + ", ".join(f"{k} {fmt(v)}" for k, v in list(rf["peak_by_process_mib"].items())[:6])
+             + f" MiB. The sampling took {fmt(rf['sampler_cpu_s'])} CPU s during the Ray run "
+             f"({pct(rf['sampler_cpu_s'] / rf['wall_s'])} of one core).",
              "Not measurable on the Ray path: read seconds (read tasks are not timed), the encoder/decoder split "
              "(the actor reports one figure per batch) and painting vs vectorise vs write in the writer actor."]
     heads = [headline("Ray path: time to first batch (from process start)", rf["first_batch_s"] or float("nan"), "s",

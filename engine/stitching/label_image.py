@@ -17,8 +17,9 @@ go to the lower object id. The result is the same whatever the arrival order (se
 
 Memory: the image is written chunk by chunk (read-modify-write of only the chunks an object
 touches; :meth:`LabelImageWriter.add_many` paints a batch with one read-modify-write per touched
-chunk); no whole-slide array is ever held. In memory: one chunk at a time, the set of touched
-chunk indices, and a small table object_id -> (prompt_id, score, class, pixel count).
+chunk); no whole-slide array is ever held. In memory: the chunks painted lately (at most
+``max_cached_chunks``, written when evicted and at :meth:`~LabelImageWriter.flush`), the set of
+touched chunk indices, and a small table object_id -> (prompt_id, score, class, pixel count).
 ``close()`` builds the pyramid chunk-wise (``pyramid``) and writes the metadata (``ngff``).
 
 Atomicity: everything is written into ``<path>.partial`` and renamed to ``<path>`` by
@@ -29,6 +30,7 @@ from __future__ import annotations
 
 import os
 import shutil
+from collections import OrderedDict
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
@@ -61,6 +63,7 @@ class LabelImageWriter:
         label_name: name of the label image under ``labels/``.
         class_colors_rgb: class name -> (r, g, b); other classes get stable palette colours.
         overwrite: replace an existing ``path`` on close (else FileExistsError at creation).
+        max_cached_chunks: level-0 chunks kept in memory between batches (16 x 4 MiB at 1024 px).
     """
 
     def __init__(
@@ -78,6 +81,7 @@ class LabelImageWriter:
         label_name: str = "objects",
         class_colors_rgb: Mapping[str, RGB] | None = None,
         overwrite: bool = False,
+        max_cached_chunks: int = 16,
     ) -> None:
         self.path = Path(path)
         self.partial_path = self.path.with_name(self.path.name + ".partial")
@@ -93,6 +97,11 @@ class LabelImageWriter:
         self.shapes_px = level_shapes(self.grid.shape_px, self.n_levels)
         self.entries: dict[int, ObjectEntry] = {}
         self._touched: set[ChunkIndex] = set()  # level-0 chunks holding data
+        # Level-0 chunks painted lately, kept in memory and written when evicted or at flush():
+        # neighbouring batches paint the same chunks, and each write re-encodes the whole chunk.
+        self.max_cached_chunks = int(max_cached_chunks)
+        self._cache: OrderedDict[ChunkIndex, np.ndarray] = OrderedDict()
+        self._dirty: set[ChunkIndex] = set()
         self._closed = False
         if self.partial_path.exists():
             shutil.rmtree(self.partial_path)
@@ -123,9 +132,9 @@ class LabelImageWriter:
             for index, part in ([] if win is None else self._chunk_parts(win)):
                 plan.setdefault(index, []).append((k, part))
         won = [0] * len(objects)
-        level0 = self._arrays.label_levels[0]
+        shape = self._arrays.label_levels[0].shape
         for index in sorted(plan):
-            rows, cols = chunk_window(index, self.chunk_px, level0.shape)
+            rows, cols = chunk_window(index, self.chunk_px, shape)
             block, changed = None, False
             for k, part in plan[index]:
                 new_mask = self.grid.sample(objects[k], part)
@@ -134,7 +143,7 @@ class LabelImageWriter:
                     continue
                 entries[k].n_px_raw += n_raw
                 if block is None:
-                    block = np.asarray(level0[rows, cols])
+                    block = self._chunk(index)
                 view = block[part.r0 - rows.start:part.r1 - rows.start, part.c0 - cols.start:part.c1 - cols.start]
                 n, lost = paint(view, new_mask, entries[k], self.entries)
                 if n == 0:
@@ -145,9 +154,32 @@ class LabelImageWriter:
                 for other, m in lost.items():
                     self.entries[other].n_px -= m
             if changed:
-                level0[rows, cols] = block
+                self._dirty.add(index)
                 self._touched.add(index)
         return won
+
+    def _chunk(self, index: ChunkIndex) -> np.ndarray:
+        """Level-0 chunk ``index`` from the cache, else read (evicting the least recently used)."""
+        if index in self._cache:
+            self._cache.move_to_end(index)
+            return self._cache[index]
+        level0 = self._arrays.label_levels[0]
+        rows, cols = chunk_window(index, self.chunk_px, level0.shape)
+        self._cache[index] = block = np.array(level0[rows, cols])
+        while len(self._cache) > max(1, self.max_cached_chunks):
+            self._write_chunk(*self._cache.popitem(last=False))
+        return block
+
+    def _write_chunk(self, index: ChunkIndex, block: np.ndarray) -> None:
+        if index in self._dirty:
+            self._dirty.discard(index)
+            rows, cols = chunk_window(index, self.chunk_px, self._arrays.label_levels[0].shape)
+            self._arrays.label_levels[0][rows, cols] = block
+
+    def flush(self) -> None:
+        """Write the cached chunks that were painted (done by :meth:`outlines_l0_px` and :meth:`close`)."""
+        while self._cache:
+            self._write_chunk(*self._cache.popitem(last=False))
 
     def _register(self, objects: Sequence[ObjectMask]) -> list[ObjectEntry]:
         """Check every record, then enter them all in the object table (none if one is refused)."""
@@ -191,6 +223,7 @@ class LabelImageWriter:
         """
         if self._closed:
             raise RuntimeError("writer is closed")
+        self.flush()
         level0, c = self._arrays.label_levels[0], self.chunk_px
         parts: dict[int, list] = {}
         for index in sorted(self._touched):
@@ -206,6 +239,7 @@ class LabelImageWriter:
         """Build the pyramid and metadata, then move the result to ``path``. Idempotent."""
         if self._closed:
             return self.path
+        self.flush()
         arrays, c = self._arrays, self.chunk_px
 
         def coverage_writer(level: int):
@@ -235,6 +269,7 @@ class LabelImageWriter:
     def abort(self) -> None:
         """Drop everything written so far."""
         self._closed = True
+        self._cache.clear()
         shutil.rmtree(self.partial_path, ignore_errors=True)
 
     def _label_metadata(self) -> tuple[list[dict], list[dict]]:
