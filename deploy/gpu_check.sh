@@ -1,13 +1,15 @@
 #!/usr/bin/env bash
 # GPU check for a lent GPU machine (written for one H200): device and CUDA facts, the model
-# parity tests with the GPU selected, and the model benchmark in bf16. Bounded to about 8 minutes
-# (a timeout per step); a failing step is recorded and the next one still runs.
+# parity tests with the GPU selected, the model benchmark in bf16, and the end-to-end benchmark
+# (the real `segment` command on an embedded Ray vs the in-process pipeline). Bounded to under 10
+# minutes (a timeout per step); a failing step is recorded and the next one still runs.
 #
 #   bash scripts/setup.sh          # once: .venv with the project (needs a package index)
 #   bash deploy/gpu_check.sh       # from the repository root
 #
 # Everything is written under $OUT (default ./out/gpu_check): nvidia_smi.txt, torch_cuda.txt,
-# pytest_gpu.txt, pytest_gpu.xml, bench_model.txt, bench_model.json, summary.txt.
+# pytest_gpu.txt, pytest_gpu.xml, bench_model.txt, bench_model.json, bench_e2e.txt, bench_e2e.json,
+# bench_e2e.md, summary.txt (bench_e2e/: the e2e run's logs and outputs).
 # PYTHON overrides the interpreter (default .venv/bin/python, else python3).
 set -u -o pipefail
 cd "$(dirname "$0")/.."
@@ -85,10 +87,20 @@ step bench-model 180 "$OUT/bench_model.txt" \
   "${BENCH[@]}" bench model --backbones vit_tiny,vit_b --prompts 1,8,64 --device cuda --bf16 \
   --json "$OUT/bench_model.json"
 
+# 5. End to end: 8192 px slide, 80 noisy box prompts, the demo model; Ray path vs in-process
+# (time to first batch, model busy share, stage split, peak PSS of every process).
+step bench-e2e 130 "$OUT/bench_e2e.txt" \
+  "${BENCH[@]}" bench e2e --work-dir "$OUT/bench_e2e" --cache-dir "$OUT/bench_cache" \
+  --json "$OUT/bench_e2e.json" --md "$OUT/bench_e2e.md"
+
 echo "=== summary ($(( $(date +%s) - t_start ))s, output in $OUT) ==="
 cat "$SUMMARY"
 if [ -s "$OUT/bench_model.txt" ]; then
   echo "--- bench model (bf16, cuda) ---"
   grep '^|' "$OUT/bench_model.txt" || true
+fi
+if [ -s "$OUT/bench_e2e.md" ]; then
+  echo "--- bench e2e ---"
+  cat "$OUT/bench_e2e.md"
 fi
 exit "$failed"

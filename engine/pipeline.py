@@ -145,16 +145,25 @@ class SlideWriter:
         self.timings = dict.fromkeys(WRITER_STAGES, 0.0)
 
     def add(self, obj: ObjectMask) -> None:
-        """Paint one object (its mask cleaned of small parts and holes; ``obj`` is not changed)."""
+        """Paint one object (see :meth:`add_many`)."""
+        self.add_many([obj])
+
+    def add_many(self, objects: list[ObjectMask]) -> None:
+        """Clean each mask of small parts and holes, then paint the batch into the label image (one
+        write per touched chunk); when segmenting everything, keep those passing score and stability
+        for NMS at commit instead. The records given are not changed."""
         t0 = time.perf_counter()
-        if self.candidates is None or self.candidates.passes(obj):  # segment everything: score, stability
-            px_um2 = obj.mask_mpp**2
-            obj = dataclasses.replace(obj, mask=clean_mask(obj.mask, self.cfg.min_area_um2 / px_um2,
-                                                           self.cfg.min_hole_um2 / px_um2))
-            if self.candidates is not None:
+        kept = []
+        for obj in objects:
+            if self.candidates is None or self.candidates.passes(obj):
+                px_um2 = obj.mask_mpp**2
+                kept.append(dataclasses.replace(obj, mask=clean_mask(obj.mask, self.cfg.min_area_um2 / px_um2,
+                                                                     self.cfg.min_hole_um2 / px_um2)))
+        if self.candidates is not None:
+            for obj in kept:
                 self.candidates.add(obj)  # painted at commit, after NMS
-            elif obj.mask.any():
-                self.labels.add(obj)
+        else:
+            self.labels.add_many([obj for obj in kept if obj.mask.any()])
         self.timings["stitch_labels"] += time.perf_counter() - t0
 
     def object_rows(self) -> tuple[list[dict], dict]:
@@ -191,8 +200,7 @@ class SlideWriter:
         """
         t0 = time.perf_counter()
         if self.candidates is not None:  # segment everything: duplicates removed before painting
-            for obj in self.candidates.select():
-                self.labels.add(obj)
+            self.labels.add_many(list(self.candidates.select()))
             summary["mask_filter"] = self.candidates.report()
             self.timings["stitch_labels"] += time.perf_counter() - t0
             t0 = time.perf_counter()
@@ -274,8 +282,7 @@ def segment_slide(slide: Slide, prompts: list[Prompt], segmenter: WindowSegmente
             done = settle(segmenter.segment(jobs), windows, {p.prompt_id: p for j in jobs for p in j.prompts}, limits,
                           previous_masks(pending, windows))
             c = time.perf_counter()
-            for obj in done.objects:
-                writer.add(obj)
+            writer.add_many(done.objects)
             result.objects += len(done.objects)
             t["read"] += b - a
             t["segment"] += c - b

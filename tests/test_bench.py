@@ -14,7 +14,7 @@ TINY = ["--quick", "--densities", "1,4", "--windows", "1", "--naive-prompts", "1
 @pytest.fixture(scope="module")
 def bench_all(tmp_path_factory):
     d = tmp_path_factory.mktemp("bench")
-    args = ["bench", "all", *TINY, "--skip", "scaling", "--cache-dir", str(d / "cache"), "--work-dir", str(d / "work"),
+    args = ["bench", "all", *TINY, "--skip", "scaling,e2e", "--cache-dir", str(d / "cache"), "--work-dir", str(d / "work"),
             "--json", str(d / "bench.json"), "--md", str(d / "bench.md")]
     assert main(args) == 0
     return d, json.loads((d / "bench.json").read_text()), (d / "bench.md").read_text()
@@ -91,6 +91,28 @@ def test_scaling_suite(tmp_path):
     for r in s["rows"]:
         assert r["windows"] == 2 and r["windows_per_s"] > 0 and r["objects_per_s"] > 0 and r["speedup"] > 0
         assert len(r["actor_busy_s"]) == r["actors"] and 0 < r["busy_share"] <= 1.0 + 1e-6
+
+
+def test_e2e_prints_ray_and_in_process_figures(tmp_path, capsys):
+    """The real `segment` CLI (embedded Ray) and the in-process pipeline on a 1024 px slide, 4 prompts."""
+    out = tmp_path / "e2e.json"
+    assert main(["bench", "e2e", "--e2e-side-px", "1024", "--e2e-prompts", "4", "--cache-dir", str(tmp_path / "cache"),
+                 "--json", str(out)]) == 0
+    printed = capsys.readouterr().out
+    for fragment in ("time to first batch", "model busy share of streaming", "Ray overhead", "label stitching",
+                     "peak PSS, Ray run", "| stitch (label painting) |", "process start -> Ray up"):
+        assert fragment in printed, fragment
+    s = json.loads(out.read_text())["suites"]["e2e"]["config"]
+    ray, ip = s["ray"], s["inprocess"]
+    assert 0 < ray["ray_up_s"] < ray["actors_ready_s"] < ray["first_batch_s"] <= ray["last_batch_s"] < ray["wall_s"]
+    assert 0 < ray["busy_share"] <= 1 and ray["stream_s"] > 0 and ray["model_s"] > 0
+    assert ray["windows"] == ip["windows"] >= 1 and ray["objects"] == ip["objects"]
+    # Ray's own processes were counted: they are descendants of the CLI process, none outside the tree
+    names = " ".join(ray["process_names"])
+    assert "raylet" in names and "gcs_server" in names and "ray::ModelActor" in names and ray["strays"] == []
+    assert ray["peak_pss_mib"] > ip["peak_pss_mib"] > 0 and ray["peak_processes"] > 3
+    assert ip["encode_s"] > 0 and ip["decode_s"] > 0 and 0 < s["stitch_share_of_model"] < 1
+    assert s["ray_overhead_ratio"] > 0
 
 
 def test_unknown_skip_is_an_error(capsys):

@@ -374,21 +374,23 @@ def test_gpu_check_script_runs_its_steps(tmp_path):
     assert done.returncode == 0, done.stdout + done.stderr
     calls = [json.loads(line) for line in record.read_text().splitlines()]
     limits = [int(c["argv"][c["argv"].index("--kill-after=10") + 1]) for c in calls if c["name"] == "timeout"]
-    assert len(limits) == 4 and sum(limits) + 10 * len(limits) <= 8 * 60  # within the 8 minutes it promises
+    assert len(limits) == 5 and sum(limits) + 10 * len(limits) <= 10 * 60  # within the 10 minutes it promises
     runs = [c for c in calls if c["name"] == "python"]
     assert all(c["device"] == "cuda" and c["offline"] == "1" for c in runs)
     pytest_argv = next(c["argv"] for c in runs if c["argv"][:2] == ["-m", "pytest"])
     test_files = [a for a in pytest_argv if a.startswith("tests/")]
     assert {"tests/test_sam_parity.py", "tests/test_wsisam_model.py"} <= set(test_files)
     assert all((ROOT / f).is_file() for f in test_files)
-    bench_argv = next(c["argv"] for c in runs if c["argv"][:2] == ["-m", "engine.cli"])
     from engine.cli import build_parser
 
-    bench = build_parser().parse_args(bench_argv[2:])  # the real CLI accepts the benchmark's options
-    assert bench.command == "bench" and bench.device == "cuda" and bench.bf16
-    assert Path(bench.json).parent == tmp_path / "out"
+    # the real CLI accepts the benchmarks' options
+    bench, e2e = (build_parser().parse_args(c["argv"][2:]) for c in runs if c["argv"][:2] == ["-m", "engine.cli"])
+    assert bench.command == "bench" and bench.suite == "model" and bench.device == "cuda" and bench.bf16
+    assert e2e.command == "bench" and e2e.suite == "e2e" and e2e.md
+    assert Path(bench.json).parent == Path(e2e.json).parent == tmp_path / "out"
     summary = (tmp_path / "out" / "summary.txt").read_text().splitlines()
-    assert [line.split()[0] for line in summary] == ["nvidia-smi", "torch-cuda", "pytest-gpu", "bench-model"]
+    assert [line.split()[0] for line in summary] == ["nvidia-smi", "torch-cuda", "pytest-gpu", "bench-model",
+                                                     "bench-e2e"]
 
 
 def _readme_segment_options() -> set[str]:

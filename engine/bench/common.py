@@ -46,6 +46,13 @@ class BenchOptions:
     scaling_actors: tuple[int, ...] = (1, 2)
     scaling_windows: int = 4
     scaling_density: int = 4
+    # e2e
+    e2e_side_px: int = 8192  # square slide, level-0 px at 0.5 µm/px
+    e2e_prompts: int = 80  # truth objects, one noisy box prompt each
+    e2e_backbone: str | None = None  # None: the bundled demo model; else this backbone, random weights
+    e2e_cohort: tuple[int, ...] = ()  # cohort row: slide counts (e.g. 2, 20); empty: no cohort row
+    e2e_cohort_side_px: int = 1024
+    e2e_cohort_prompts: int = 4
     quick: bool = False
 
     @staticmethod
@@ -53,7 +60,8 @@ class BenchOptions:
         """Small sizes: the whole ``all`` suite in a few minutes on a laptop CPU."""
         base = BenchOptions(backbone="vit_test", windows=2, naive_prompts=2, stage_windows=2,
                             memory_sizes=(4_000, 8_000, 12_000, 16_000), memory_prompts=8,
-                            scaling_windows=4, scaling_density=2, repeats=2, quick=True)
+                            scaling_windows=4, scaling_density=2, repeats=2, e2e_side_px=2048, e2e_prompts=8,
+                            quick=True)
         return replace(base, **overrides)
 
     def to_json(self) -> dict:

@@ -3,8 +3,10 @@
 Suites (one module each under ``engine/bench/``): ``model`` (encoder s/pair, decoder ms/prompt),
 ``engine`` (objects/s vs the reference demo's way), ``passes`` (encoder passes per prompt),
 ``stages`` (wall-time shares of a single-process run), ``flops`` (achieved FLOP/s vs matmul peak),
-``memory`` (peak RSS vs slide size), ``scaling`` (1 vs 2 Ray model actors), and ``all``
-(engine, passes, stages, flops, memory, scaling, then one headline table).
+``memory`` (peak RSS vs slide size), ``scaling`` (1 vs 2 Ray model actors), ``e2e`` (the real
+``segment`` command on embedded Ray vs the in-process pipeline: time to first batch, model busy
+share, stage split, peak PSS of all processes; ``--e2e-cohort 2,20`` adds a cohort memory row), and
+``all`` (engine, passes, stages, flops, memory, scaling, e2e, then one headline table).
 """
 from __future__ import annotations
 
@@ -23,6 +25,7 @@ SUITES = {
     "flops": "flops_bench",
     "memory": "memory_bench",
     "scaling": "scaling_bench",
+    "e2e": "e2e_bench",
 }
 
 
@@ -44,7 +47,8 @@ def add_parser(sub, name: str) -> None:
     g.add_argument("--prompts", default="1,8,64", help="prompts per patch pair, comma-separated")
     g.add_argument("--bf16", action="store_true", help="bf16 autocast (GPU)")
     g = p.add_argument_group("engine, passes, stages, flops, memory, scaling suites")
-    g.add_argument("--backbone", default=None, help="model size, random weights (default vit_tiny; --quick: vit_test)")
+    g.add_argument("--backbone", default=None, help="model size, random weights (default vit_tiny; --quick: "
+                   "vit_test; e2e: default the bundled demo model)")
     g.add_argument("--quick", action="store_true", help="small sizes: `all` in a few minutes on a CPU")
     g.add_argument("--cache-dir", type=Path, default=None, help="generated slides are kept here for reruns "
                    "(default ~/.cache/wsisam-engine/bench)")
@@ -62,6 +66,13 @@ def add_parser(sub, name: str) -> None:
     g.add_argument("--scaling-actors", default=None, help="scaling: actor counts (default 1,2)")
     g.add_argument("--scaling-windows", type=int, default=None, help="scaling: windows (default 4)")
     g.add_argument("--scaling-density", type=int, default=None, help="scaling: prompts per window (default 4)")
+    g = p.add_argument_group("e2e suite")
+    g.add_argument("--e2e-side-px", type=int, default=None, help="square slide side, level-0 px at 0.5 µm/px "
+                   "(default 8192; --quick: 2048)")
+    g.add_argument("--e2e-prompts", type=int, default=None, help="truth objects = noisy box prompts (default 80)")
+    g.add_argument("--e2e-cohort", default=None, help="cohort row: slide counts, comma-separated (e.g. 2,20)")
+    g.add_argument("--e2e-cohort-side-px", type=int, default=None, help="cohort slides' side (default 1024)")
+    g.add_argument("--e2e-cohort-prompts", type=int, default=None, help="prompts per cohort slide (default 4)")
     p.set_defaults(run=run)
 
 
@@ -73,13 +84,21 @@ def options_from_args(args: argparse.Namespace):
                         ("work_dir", None), ("repeats", None), ("densities", _ints), ("windows", None),
                         ("naive_prompts", None), ("stage_density", None), ("stage_windows", None),
                         ("memory_sizes", _ints), ("memory_prompts", None), ("scaling_actors", _ints),
-                        ("scaling_windows", None), ("scaling_density", None)):
+                        ("scaling_windows", None), ("scaling_density", None), ("e2e_side_px", None),
+                        ("e2e_prompts", None), ("e2e_cohort", _ints), ("e2e_cohort_side_px", None),
+                        ("e2e_cohort_prompts", None)):
         v = getattr(args, field, None)
         if v is not None:
             over[field] = conv(v) if conv else v
+    if args.backbone is not None and args.suite == "e2e":  # e2e alone: the demo model unless a backbone is named
+        over["e2e_backbone"] = args.backbone
     opts = BenchOptions.quick_defaults(**over) if args.quick else dataclasses.replace(BenchOptions(), **over)
     if not opts.densities or not opts.memory_sizes or not opts.scaling_actors:
         raise ValueError("--densities, --memory-sizes and --scaling-actors need at least one value")
+    if opts.e2e_side_px < 256 or opts.e2e_prompts < 1 or opts.e2e_cohort_side_px < 256 or opts.e2e_cohort_prompts < 1 \
+            or any(n < 1 for n in opts.e2e_cohort):
+        raise ValueError("--e2e-side-px and --e2e-cohort-side-px must be >= 256, --e2e-prompts, "
+                         "--e2e-cohort-prompts and --e2e-cohort counts >= 1")
     return opts
 
 

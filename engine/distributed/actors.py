@@ -160,8 +160,7 @@ class SlideWriterActor:
         t0 = time.perf_counter()
         try:
             writer = self._writer(slide_id)
-            for obj in objects:
-                writer.add(obj)
+            writer.add_many(objects)
         except BaseException as exc:
             self.errors.setdefault(slide_id, exc)
             raise

@@ -246,7 +246,8 @@ class CohortStream:
         worker = asdict(report.worker)
         self.manifest.note_worker(worker)
         entry.batches.append({"batch_id": report.batch_id, "windows": list(report.window_ids),
-                              "objects": report.objects, "seconds": report.seconds, **worker})
+                              "objects": report.objects, "seconds": report.seconds,
+                              "finished_unix_s": round(time.time(), 3), **worker})
         if report.outcome is not None:
             self._redo(st, entry, report.outcome, batch.windows)
         st.batches_left -= 1

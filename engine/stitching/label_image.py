@@ -16,8 +16,10 @@ Overlap rule: where objects overlap, the pixel goes to the object with the highe
 go to the lower object id. The result is the same whatever the arrival order (see ``overlap``).
 
 Memory: the image is written chunk by chunk (read-modify-write of only the chunks an object
-touches); no whole-slide array is ever held. In memory: one chunk at a time, the set of touched
-chunk indices, and a small table object_id -> (prompt_id, score, class, pixel count).
+touches; :meth:`LabelImageWriter.add_many` paints a batch with one read-modify-write per touched
+chunk); no whole-slide array is ever held. In memory: the chunks painted lately (at most
+``max_cached_chunks``, written when evicted and at :meth:`~LabelImageWriter.flush`), the set of
+touched chunk indices, and a small table object_id -> (prompt_id, score, class, pixel count).
 ``close()`` builds the pyramid chunk-wise (``pyramid``) and writes the metadata (``ngff``).
 
 Atomicity: everything is written into ``<path>.partial`` and renamed to ``<path>`` by
@@ -28,7 +30,8 @@ from __future__ import annotations
 
 import os
 import shutil
-from collections.abc import Mapping
+from collections import OrderedDict
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -60,6 +63,7 @@ class LabelImageWriter:
         label_name: name of the label image under ``labels/``.
         class_colors_rgb: class name -> (r, g, b); other classes get stable palette colours.
         overwrite: replace an existing ``path`` on close (else FileExistsError at creation).
+        max_cached_chunks: level-0 chunks kept in memory between batches (16 x 4 MiB at 1024 px).
     """
 
     def __init__(
@@ -77,6 +81,7 @@ class LabelImageWriter:
         label_name: str = "objects",
         class_colors_rgb: Mapping[str, RGB] | None = None,
         overwrite: bool = False,
+        max_cached_chunks: int = 16,
     ) -> None:
         self.path = Path(path)
         self.partial_path = self.path.with_name(self.path.name + ".partial")
@@ -92,6 +97,11 @@ class LabelImageWriter:
         self.shapes_px = level_shapes(self.grid.shape_px, self.n_levels)
         self.entries: dict[int, ObjectEntry] = {}
         self._touched: set[ChunkIndex] = set()  # level-0 chunks holding data
+        # Level-0 chunks painted lately, kept in memory and written when evicted or at flush():
+        # neighbouring batches paint the same chunks, and each write re-encodes the whole chunk.
+        self.max_cached_chunks = int(max_cached_chunks)
+        self._cache: OrderedDict[ChunkIndex, np.ndarray] = OrderedDict()
+        self._dirty: set[ChunkIndex] = set()
         self._closed = False
         if self.partial_path.exists():
             shutil.rmtree(self.partial_path)
@@ -106,48 +116,102 @@ class LabelImageWriter:
         Raises ValueError for another slide's record, a repeated object id, a non-finite score
         or a mask that is not 2-D.
         """
+        return self.add_many([obj])[0]
+
+    def add_many(self, objects: Sequence[ObjectMask]) -> list[int]:
+        """Paint a batch of objects with one read-modify-write per touched chunk (not one per
+        object and chunk); returns the label pixels each took. The result is the same as adding
+        them one by one, in any order (the overlap rule does not depend on order). Every record
+        is checked (as :meth:`add` does) before any is painted."""
         if self._closed:
             raise RuntimeError("writer is closed")
-        if self.slide_id is not None and obj.slide_id != self.slide_id:
-            raise ValueError(f"object of slide {obj.slide_id!r} given to writer of {self.slide_id!r}")
-        oid = int(obj.object_id)
-        if not 0 < oid <= _MAX_ID:
-            raise ValueError(f"object id {oid} does not fit a uint32 label")
-        if oid in self.entries:
-            raise ValueError(f"object id {oid} was already added")
-        if np.ndim(obj.mask) != 2:
-            raise ValueError(f"mask must be 2-D (h, w), got shape {np.shape(obj.mask)}")
-        entry = ObjectEntry(oid, int(obj.prompt_id), check_score(obj.score), obj.class_name,
-                            truncated=bool(obj.extra.get("truncated", False)))
-        self.entries[oid] = entry
-        win = self.grid.object_window(obj)
-        if win is None:
-            return 0
-        won = 0
-        level0 = self._arrays.label_levels[0]
-        c = self.chunk_px
-        for i in range(win.r0 // c, (win.r1 - 1) // c + 1):
-            for j in range(win.c0 // c, (win.c1 - 1) // c + 1):
-                rows, cols = chunk_window((i, j), c, level0.shape)
-                part = win.intersect(Window(rows.start, rows.stop, cols.start, cols.stop))
-                if part is None:
-                    continue
-                new_mask = self.grid.sample(obj, part)
+        entries = self._register(objects)
+        plan: dict[ChunkIndex, list[tuple[int, Window]]] = {}
+        for k, obj in enumerate(objects):
+            win = self.grid.object_window(obj)
+            for index, part in ([] if win is None else self._chunk_parts(win)):
+                plan.setdefault(index, []).append((k, part))
+        won = [0] * len(objects)
+        shape = self._arrays.label_levels[0].shape
+        for index in sorted(plan):
+            rows, cols = chunk_window(index, self.chunk_px, shape)
+            block, changed = None, False
+            for k, part in plan[index]:
+                new_mask = self.grid.sample(objects[k], part)
                 n_raw = int(np.count_nonzero(new_mask))
                 if n_raw == 0:
                     continue
-                entry.n_px_raw += n_raw
-                block = np.asarray(level0[part.slices()])
-                n, lost = paint(block, new_mask, entry, self.entries)
+                entries[k].n_px_raw += n_raw
+                if block is None:
+                    block = self._chunk(index)
+                view = block[part.r0 - rows.start:part.r1 - rows.start, part.c0 - cols.start:part.c1 - cols.start]
+                n, lost = paint(view, new_mask, entries[k], self.entries)
                 if n == 0:
                     continue
-                level0[part.slices()] = block
-                self._touched.add((i, j))
-                won += n
-                for other, k in lost.items():
-                    self.entries[other].n_px -= k
-        entry.n_px += won
+                changed = True
+                won[k] += n
+                entries[k].n_px += n
+                for other, m in lost.items():
+                    self.entries[other].n_px -= m
+            if changed:
+                self._dirty.add(index)
+                self._touched.add(index)
         return won
+
+    def _chunk(self, index: ChunkIndex) -> np.ndarray:
+        """Level-0 chunk ``index`` from the cache, else read (evicting the least recently used)."""
+        if index in self._cache:
+            self._cache.move_to_end(index)
+            return self._cache[index]
+        level0 = self._arrays.label_levels[0]
+        rows, cols = chunk_window(index, self.chunk_px, level0.shape)
+        self._cache[index] = block = np.array(level0[rows, cols])
+        while len(self._cache) > max(1, self.max_cached_chunks):
+            self._write_chunk(*self._cache.popitem(last=False))
+        return block
+
+    def _write_chunk(self, index: ChunkIndex, block: np.ndarray) -> None:
+        if index in self._dirty:
+            self._dirty.discard(index)
+            rows, cols = chunk_window(index, self.chunk_px, self._arrays.label_levels[0].shape)
+            self._arrays.label_levels[0][rows, cols] = block
+
+    def flush(self) -> None:
+        """Write the cached chunks that were painted (done by :meth:`outlines_l0_px` and :meth:`close`)."""
+        while self._cache:
+            self._write_chunk(*self._cache.popitem(last=False))
+
+    def _register(self, objects: Sequence[ObjectMask]) -> list[ObjectEntry]:
+        """Check every record, then enter them all in the object table (none if one is refused)."""
+        entries: list[ObjectEntry] = []
+        seen: set[int] = set()
+        for obj in objects:
+            if self.slide_id is not None and obj.slide_id != self.slide_id:
+                raise ValueError(f"object of slide {obj.slide_id!r} given to writer of {self.slide_id!r}")
+            oid = int(obj.object_id)
+            if not 0 < oid <= _MAX_ID:
+                raise ValueError(f"object id {oid} does not fit a uint32 label")
+            if oid in self.entries or oid in seen:
+                raise ValueError(f"object id {oid} was already added")
+            if np.ndim(obj.mask) != 2:
+                raise ValueError(f"mask must be 2-D (h, w), got shape {np.shape(obj.mask)}")
+            seen.add(oid)
+            entries.append(ObjectEntry(oid, int(obj.prompt_id), check_score(obj.score), obj.class_name,
+                                       truncated=bool(obj.extra.get("truncated", False))))
+        self.entries.update((e.object_id, e) for e in entries)
+        return entries
+
+    def _chunk_parts(self, win: Window) -> list[tuple[ChunkIndex, Window]]:
+        """The level-0 chunks ``win`` touches, each with the part of ``win`` inside it."""
+        c, shape = self.chunk_px, self._arrays.label_levels[0].shape
+        parts = []
+        for i in range(win.r0 // c, (win.r1 - 1) // c + 1):
+            for j in range(win.c0 // c, (win.c1 - 1) // c + 1):
+                rows, cols = chunk_window((i, j), c, shape)
+                part = win.intersect(Window(rows.start, rows.stop, cols.start, cols.stop))
+                if part is not None:
+                    parts.append(((i, j), part))
+        return parts
 
     # ------------------------------------------------------------------ outlines
     def outlines_l0_px(self) -> dict[int, Polygonal]:
@@ -160,6 +224,7 @@ class LabelImageWriter:
         """
         if self._closed:
             raise RuntimeError("writer is closed")
+        self.flush()
         level0, c = self._arrays.label_levels[0], self.chunk_px
         parts: dict[int, list] = {}
         for index in sorted(self._touched):
@@ -175,6 +240,7 @@ class LabelImageWriter:
         """Build the pyramid and metadata, then move the result to ``path``. Idempotent."""
         if self._closed:
             return self.path
+        self.flush()
         arrays, c = self._arrays, self.chunk_px
 
         def coverage_writer(level: int):
@@ -204,6 +270,7 @@ class LabelImageWriter:
     def abort(self) -> None:
         """Drop everything written so far."""
         self._closed = True
+        self._cache.clear()
         shutil.rmtree(self.partial_path, ignore_errors=True)
 
     def _label_metadata(self) -> tuple[list[dict], list[dict]]:
