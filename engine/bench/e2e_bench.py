@@ -424,7 +424,7 @@ def result(opts, inputs, model_text, rf, ray_run, ip, ip_run, cohort, seconds) -
     header = ["stage", "in-process s (share of segment_slide)", "Ray path"]
     table = []
     for r in rows:
-        note = "not measured (Ray read tasks)" if r["stage"] == "read" else ""
+        note = "not measured (Ray reader actors)" if r["stage"] == "read" else ""
         if r["stage"] == "encoder":
             note = ray_stage["encoder"].format(fmt(rf["model_s"]), rf["batches"])
         elif r["stage"] == "stitch (label painting)":
@@ -459,7 +459,7 @@ def result(opts, inputs, model_text, rf, ray_run, ip, ip_run, cohort, seconds) -
              + ", ".join(f"{k} {fmt(v)}" for k, v in list(rf["peak_by_process_mib"].items())[:6])
              + f" MiB. The sampling took {fmt(rf['sampler_cpu_s'])} CPU s during the Ray run "
              f"({pct(rf['sampler_cpu_s'] / rf['wall_s'])} of one core).",
-             "Not measurable on the Ray path: read seconds (read tasks are not timed), the encoder/decoder split "
+             "Not measurable on the Ray path: read seconds (reader actors are not timed), the encoder/decoder split "
              "(the actor reports one figure per batch) and painting vs vectorise vs write in the writer actor."]
     heads = [headline("Ray path: time to first batch (from process start)", rf["first_batch_s"] or float("nan"), "s",
                       None, None, f"Ray up at {fmt(rf['ray_up_s'])} s, actor ready at {fmt(rf['actors_ready_s'])} s"),

@@ -189,15 +189,18 @@ class SlideWriterActor:
             writer.abort()
 
 
-def plan_task(info: SlideInfo, prompts: list[Prompt] | None, detector, schedule: ScheduleConfig) -> SlidePlan:
-    """Prompts (given, or from the detector) -> validated prompts and windows."""
-    with info.open() as slide:
-        if prompts is None:
-            prompts = detector.detect(slide)
-        return plan_slide(slide, prompts, schedule)
+class SlideReaderActor:
+    """Plans slides and reads patch pairs, process after process kept (no worker started per task:
+    Ray would start and stop task workers, each importing the stack again)."""
 
+    def plan(self, info: SlideInfo, prompts: list[Prompt] | None, detector, schedule: ScheduleConfig) -> SlidePlan:
+        """Prompts (given, or from the detector) -> validated prompts and windows."""
+        with info.open() as slide:
+            if prompts is None:
+                prompts = detector.detect(slide)
+            return plan_slide(slide, prompts, schedule)
 
-def read_task(info: SlideInfo, prompts_by_id: dict[int, Prompt], windows: list[Window]) -> list[WindowJob]:
-    """Read the patch pairs of a batch of windows (``prompts_by_id``: the windows' prompts)."""
-    with info.open() as slide:
-        return list(read_jobs(slide, prompts_by_id, windows))
+    def read(self, info: SlideInfo, prompts_by_id: dict[int, Prompt], windows: list[Window]) -> list[WindowJob]:
+        """Read the patch pairs of a batch of windows (``prompts_by_id``: the windows' prompts)."""
+        with info.open() as slide:
+            return list(read_jobs(slide, prompts_by_id, windows))

@@ -78,10 +78,9 @@ def torch_threads(cfg: ExecutionConfig, cluster: ClusterInfo, n_actors: int) -> 
     return max(1, (cpus - max(1, cpus // 4)) // n_actors)
 
 
-def start_model_actors(spec: ModelSpec, cfg: ExecutionConfig, cluster: ClusterInfo) -> tuple[list, list[dict]]:
-    """Start the model actors and wait until each has loaded its model; returns (actors, identities).
-
-    An actor that fails to start raises its original error (e.g. a checkpoint that does not fit)."""
+def launch_model_actors(spec: ModelSpec, cfg: ExecutionConfig, cluster: ClusterInfo) -> tuple[list, list]:
+    """Start the model actors; returns them and the refs that answer once each has loaded its model
+    (see :func:`wait_model_actors`)."""
     n = _actor_count(cfg, cluster)
     use_gpu = cluster.num_gpus > 0
     # Model actors together claim at most half the cluster's CPUs: the rest reads patches and
@@ -93,8 +92,14 @@ def start_model_actors(spec: ModelSpec, cfg: ExecutionConfig, cluster: ClusterIn
     remote = ray.remote(ModelActor)
     threads = torch_threads(cfg, cluster, n)
     actors = [remote.options(**opts).remote(spec, i, threads) for i in range(n)]
+    return actors, [a.identify.remote() for a in actors]
+
+
+def wait_model_actors(actors: list, ready: list) -> list[dict]:
+    """Wait until every model actor has loaded its model; returns their identities. An actor that
+    fails to start raises its original error (e.g. a checkpoint that does not fit)."""
     try:
-        identities = ray.get([a.identify.remote() for a in actors])
+        identities = ray.get(ready)
     except Exception as exc:  # noqa: BLE001 - Ray wraps the actor's own error
         for a in actors:
             ray.kill(a)
@@ -102,7 +107,7 @@ def start_model_actors(spec: ModelSpec, cfg: ExecutionConfig, cluster: ClusterIn
         if isinstance(err, (ValueError, FileNotFoundError, PermissionError)):
             raise err from None
         raise ActorStartError(f"a model actor could not start: {type(err).__name__}: {err}") from None
-    return actors, [asdict(w) for w in identities]
+    return [asdict(w) for w in identities]
 
 
 def new_manifest(slides: list[SlideInfo], run_id: str, run_config: dict, model_sha256: dict[str, str],
@@ -131,17 +136,20 @@ def run_cohort(slides: list[SlideInfo], skipped: set[str], prompts: dict[str, li
     results: dict[str, SlideResult] = {}
     try:
         if todo:
-            actors, manifest.actors = start_model_actors(spec, cfg, cluster)
-            for w in manifest.actors:
-                gpus = ",".join(w["gpu_ids"]) or "none"
-                print(f"model actor {w['actor_index']}: {w['device']} on host {w['host']} (pid {w['pid']}, "
-                      f"Ray GPU ids {gpus})", file=sys.stderr, flush=True)
-            manifest.write(output_dir)
+            actors, ready = launch_model_actors(spec, cfg, cluster)
             stream = CohortStream(todo, prompts, detector, actors, output_dir, schedule, output, cfg, manifest,
                                   settings)
             try:
+                stream.plan_ahead()  # the readers plan the first slides while the model actors load
+                manifest.actors = wait_model_actors(actors, ready)
+                for w in manifest.actors:
+                    gpus = ",".join(w["gpu_ids"]) or "none"
+                    print(f"model actor {w['actor_index']}: {w['device']} on host {w['host']} (pid {w['pid']}, "
+                          f"Ray GPU ids {gpus})", file=sys.stderr, flush=True)
+                manifest.write(output_dir)
                 results = stream.run()
             finally:
+                stream.close()
                 try:
                     manifest.totals["actor_busy_s"] = ray.get([a.busy_seconds.remote() for a in actors], timeout=10)
                 except Exception:  # noqa: BLE001 - interrupted or dead actors: no busy figure

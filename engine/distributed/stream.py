@@ -1,5 +1,8 @@
 """The streaming driver loop: slides -> plans -> window batches -> model actors -> slide writers.
 
+Long-lived processes only: model actors, reader actors (plans, patch pairs) and writer actors
+(each open slide has one ``SlideWriter`` in one of them), so no process starts per slide or batch.
+
 Bounded everywhere, so memory stays flat for a cohort of any size: slides are planned lazily (at
 most ``PLAN_AHEAD`` plans outstanding, only while the batch queue runs short), and at most
 ``max_in_flight`` batches are being read, segmented *or written* at once (default 2 per actor + 1):
@@ -27,11 +30,9 @@ from ..pipeline import SlidePlan, add_outcome, batched, by_level, completion_lim
 from ..slide_result import RunContext, SlideResult, slide_summary
 from ..scheduler import schedule_stats
 from ..slides import SlideInfo
-from .actors import BatchReport, SlideWriterActor, plan_task, read_task
+from .actors import BatchReport, SlideReaderActor, SlideWriterActor
 from .errors import original_error
 
-_plan_remote = ray.remote(num_cpus=0.25, max_retries=0)(plan_task)
-_read_remote = ray.remote(num_cpus=0.25, max_retries=1)(read_task)
 #: Errors that mean "the model actor's process died", not "the batch raised".
 _DEATHS = (ActorDiedError, ActorUnavailableError, RayActorError, WorkerCrashedError)
 #: Slides being planned at once (plans run as tasks: detectors, opening the slide).
@@ -89,6 +90,13 @@ class CohortStream:
         # actor plus one, so a slide's commit does not hold up the next slide's batches.
         self.writers: list = []
         self.n_writers = len(actors) + 1
+        # Readers and writers share the half of the CPUs the model actors leave (executor.py).
+        self.io_cpus = min(0.25, ray.cluster_resources().get("CPU", 1.0) / 2 / (2 * self.n_writers))
+        # Reader processes (plans and patch pairs), as many, used in turn; started now so that they
+        # plan the first slides while the model actors load their models.
+        self.readers = [ray.remote(SlideReaderActor).options(num_cpus=self.io_cpus, max_restarts=-1).remote()
+                        for _ in range(self.n_writers)]
+        self.reads = 0
         # After a call on actor k failed: identify ref -> (k, when asked, the batches that failed on
         # it). An actor gets no work until its probe answers: Ray rejects calls made while an actor
         # restarts, and the answer's pid tells whether the process really died.
@@ -104,7 +112,7 @@ class CohortStream:
         t_start = time.perf_counter()
         try:
             while self.todo or self.plans or self.states:
-                self._plan_ahead()
+                self.plan_ahead()
                 self._dispatch()
                 waiting = [*self.in_flight, *self.probes, *self.writing, *self.commits, *self.plans]
                 if not waiting:
@@ -131,8 +139,6 @@ class CohortStream:
             raise
         finally:
             self.bars.close()
-            for w in self.writers:
-                ray.kill(w)
         for ref in list(self.probes):  # actors that restarted last: record who they are now
             try:
                 if ray.wait([ref], timeout=30)[0]:
@@ -142,13 +148,19 @@ class CohortStream:
         self.manifest.totals["wall_s"] = time.perf_counter() - t_start
         return self.results
 
-    def _plan_ahead(self) -> None:
+    def close(self) -> None:
+        """End the reader and writer processes (after :meth:`run`, or instead of it)."""
+        for w in self.writers + self.readers:
+            ray.kill(w)
+        self.writers, self.readers = [], []
+
+    def plan_ahead(self) -> None:
         """Start planning the next slides while the batch queue runs short (bounded look-ahead)."""
         while (self.todo and len(self.plans) < PLAN_AHEAD and len(self.queue) < self.max_in_flight
                and len(self.states) <= self.max_in_flight):
             info = self.todo.popleft()
             slide_prompts = None if self.prompts is None else self.prompts.get(info.slide_id, [])
-            self.plans[_plan_remote.remote(info, slide_prompts, self.detector, self.schedule)] = info
+            self.plans[self._reader().plan.remote(info, slide_prompts, self.detector, self.schedule)] = info
             self.manifest.slides[info.slide_id].status = "running"
 
     def _open_slide(self, plan_ref) -> None:
@@ -177,20 +189,24 @@ class CohortStream:
         if not batches:
             self._commit(info.slide_id)
 
+    def _reader(self):
+        self.reads += 1
+        return self.readers[self.reads % len(self.readers)]
+
     def _writer_for_new_slide(self) -> int:
         """The writer process with the fewest open slides (a new one while fewer than n_writers)."""
         load = [0] * len(self.writers)
         for st in self.states.values():
             load[st.writer] += 1
         if len(self.writers) < self.n_writers and (not load or min(load) > 0):
-            self.writers.append(ray.remote(SlideWriterActor).options(num_cpus=0.25, max_restarts=0).remote())
+            self.writers.append(ray.remote(SlideWriterActor).options(num_cpus=self.io_cpus, max_restarts=0).remote())
             return len(self.writers) - 1
         return min(range(len(self.writers)), key=lambda w: (load[w], w))
 
     def _writer_died(self, w: int) -> None:
         """A writer process died: its open slides fail (their callers see it); new slides get a new one."""
         ray.kill(self.writers[w])
-        self.writers[w] = ray.remote(SlideWriterActor).options(num_cpus=0.25, max_restarts=0).remote()
+        self.writers[w] = ray.remote(SlideWriterActor).options(num_cpus=self.io_cpus, max_restarts=0).remote()
 
     def _dispatch(self) -> None:
         while self.queue and len(self.in_flight) + len(self.writing) < self.max_in_flight:
@@ -209,7 +225,7 @@ class CohortStream:
             k = min(free, key=lambda a: (self.load[a], a))
             st = self.states[batch.slide_id]
             needed = st.plan.prompts_by_id(i for w in batch.windows for i in w.prompt_ids)
-            jobs = _read_remote.remote(st.info, needed, batch.windows)
+            jobs = self._reader().read.remote(st.info, needed, batch.windows)
             objects_ref, report_ref = self.actors[k].segment.options(num_returns=2).remote(
                 jobs, batch.batch_id, completion_limits(st.info, self.schedule),
                 previous_masks(st.pending, batch.windows))
