@@ -28,7 +28,7 @@ from .completion import BatchOutcome, CompletionLimits, previous_masks, redo_win
 from .output_folder import SUMMARY_NAME, inside, partial_dir, remove_tree, slide_dir
 from .records import ObjectMask, Prompt
 from .scheduler import ScheduleConfig, Window, schedule_stats, schedule_windows
-from .segmenters import WindowJob, WindowSegmenter
+from .segmenters.base import WindowJob, WindowSegmenter
 from .slide_result import (GEOJSON_NAME, LABELS_NAME, PARQUET_NAME, PROMPTS_NAME, QC_NAME, RunContext,
                            SlideResult, slide_summary)
 from .slides import Slide, SlideInfo
