@@ -33,12 +33,16 @@ from __future__ import annotations
 import math
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from .geometry import PatchPair, concentric_pair
 from .records import ObjectMask, Prompt
 from .scheduler import ScheduleConfig, Window, pack_level, prompt_extent_l0_px
+
+if TYPE_CHECKING:
+    from .stitching.nms import MaskFilter
 
 #: ``ObjectMask.extra`` key a segmenter sets on a mask that touches its HR border: the prompt's LR
 #: mask as ``wsisam.MaskCrop`` (row0_px, col0_px, mask) in LR patch pixels. :func:`settle` removes it.
@@ -60,6 +64,9 @@ class CompletionLimits:
     height_l0_px: float
     slide_mpp: float
     schedule: ScheduleConfig
+    #: Segmenting everything: a mask this filter rejects (score, stability) will be dropped by the
+    #: writer, so it is not completed or segmented again (engine.stitching.nms.MaskFilter).
+    mask_filter: "MaskFilter | None" = None
 
 
 @dataclass(frozen=True)
@@ -224,7 +231,8 @@ def settle(objects: list[ObjectMask], windows: list[Window], prompts: dict[int, 
             continue
         row0, col0 = hr_placement(obj, pair)
         hr_cut = cut_sides(obj.mask, row0, col0, pair.patch_px, pair.hr_box_l0_px, limits)
-        if not any(hr_cut):
+        if not any(hr_cut) or (limits.mask_filter is not None and obj.prompt_id not in (previous or {})
+                               and limits.mask_filter.rejects(obj) is not None):
             out.objects.append(obj)
             continue
         cut, lr_sides, open_share, model_mask = True, (False,) * 4, (1.0,) * 4, obj

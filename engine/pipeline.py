@@ -268,7 +268,7 @@ def segment_slide(slide: Slide, prompts: list[Prompt], segmenter: WindowSegmente
     by_id = plan.prompts_by_id()
     result = SlideResult.of_plan(plan, slide_dir(out, slide.slide_id))  # counts added as batches settle
     t.update(read=0.0, segment=0.0, stitch=0.0)
-    limits = completion_limits(info, schedule)
+    limits = completion_limits(info, schedule, output)
     pending: dict[int, ObjectMask] = {}  # cut masks of prompts being segmented again
     try:
         # Windows of one level share the HR/LR ratio and pixel size: batch within a level. A batch
@@ -301,8 +301,8 @@ def segment_slide(slide: Slide, prompts: list[Prompt], segmenter: WindowSegmente
     return result
 
 
-def completion_limits(info: SlideInfo, schedule: ScheduleConfig) -> CompletionLimits:
-    return CompletionLimits(info.width_l0_px, info.height_l0_px, info.mpp, schedule)
+def completion_limits(info: SlideInfo, schedule: ScheduleConfig, output: OutputConfig) -> CompletionLimits:
+    return CompletionLimits(info.width_l0_px, info.height_l0_px, info.mpp, schedule, output.mask_filter)
 
 
 def add_outcome(counts, done: BatchOutcome, windows: list[Window], plan: SlidePlan, limits: CompletionLimits,

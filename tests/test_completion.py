@@ -1,6 +1,7 @@
 """Objects are never cut by a window (engine.completion): masks at the HR border take the LR mask
 outside the HR field; masks cut by the LR field go one level coarser; at the coarsest level they
 are flagged truncated; the slide's own border is no cut."""
+import dataclasses
 import json
 
 import geopandas as gpd
@@ -26,7 +27,8 @@ SCHED = ScheduleConfig(patch_px=64, context_px=4)
 PAIR = concentric_pair((1000.0, 1000.0), 64, 1.0, 2.0, 0.5)
 
 
-def settle_disk(centre_x: float, radius: float, width: float = 4000.0, points: bool = True, **sched):
+def settle_disk(centre_x: float, radius: float, width: float = 4000.0, points: bool = True, mask_filter=None,
+                score: float | None = None, **sched):
     """One prompt on a disk object in PAIR's window, segmented by the truth oracle, then settled."""
     disk = Point(centre_x, 1000.0).buffer(radius, 64)
     truth = gpd.GeoDataFrame({"object_id": [1], "class_name": ["x"]}, geometry=[disk])
@@ -35,7 +37,9 @@ def settle_disk(centre_x: float, radius: float, width: float = 4000.0, points: b
     window = Window("s", 0, 0, PAIR, (0,))
     blank = np.zeros((64, 64, 3), np.uint8)
     objects = TruthSegmenter(truth).segment([WindowJob(window, blank, blank, [prompt])])
-    limits = CompletionLimits(width, 4000.0, 0.5, ScheduleConfig(patch_px=64, context_px=4, **sched))
+    if score is not None:
+        objects = [dataclasses.replace(o, score=score) for o in objects]
+    limits = CompletionLimits(width, 4000.0, 0.5, ScheduleConfig(patch_px=64, context_px=4, **sched), mask_filter)
     return settle(objects, [window], {0: prompt}, limits), disk, limits
 
 
@@ -72,6 +76,17 @@ def test_mask_cut_by_the_lr_field_is_sent_one_level_coarser():
     assert win.level == 1 and win.prompt_ids == (0,) and win.window_id >= 1 and win.pair.hr_mpp == 2.0
     assert box(*win.pair.lr_box_l0_px).contains(disk)  # where it fits now
     assert redo_windows("s", out.redo, limits, 1, 1) == [win]  # deterministic
+
+
+def test_segmenting_everything_a_mask_the_filter_drops_is_not_completed():
+    """A mask whose score the segment-everything filter rejects is dropped by the writer anyway:
+    no LR completion, no coarser pass (encoder passes saved); one that passes is completed."""
+    from engine.stitching.nms import MaskFilter
+
+    out, _, _ = settle_disk(1050.0, 120.0, mask_filter=MaskFilter(), score=0.3)
+    assert not out.redo and out.completed_from_lr == 0 and len(out.objects) == 1
+    out, _, _ = settle_disk(1050.0, 120.0, mask_filter=MaskFilter(), score=0.95)
+    assert len(out.redo) == 1
 
 
 def test_mask_still_cut_at_the_coarsest_level_is_flagged_truncated():

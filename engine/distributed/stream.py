@@ -227,7 +227,7 @@ class CohortStream:
             needed = st.plan.prompts_by_id(i for w in batch.windows for i in w.prompt_ids)
             jobs = self._reader().read.remote(st.info, needed, batch.windows)
             objects_ref, report_ref = self.actors[k].segment.options(num_returns=2).remote(
-                jobs, batch.batch_id, completion_limits(st.info, self.schedule),
+                jobs, batch.batch_id, completion_limits(st.info, self.schedule, self.output),
                 previous_masks(st.pending, batch.windows))
             self.load[k] += 1
             self.isolated[k] = batch.suspect
@@ -285,7 +285,7 @@ class CohortStream:
         """Count a settled batch; its prompts cut by their LR window become batches of coarser windows."""
         # The slide snaps the new windows' centres to its pyramid, as in plan_slide.
         with st.info.open() if outcome.redo else contextlib.nullcontext() as slide:
-            new = add_outcome(entry, outcome, windows, st.plan, completion_limits(st.info, self.schedule),
+            new = add_outcome(entry, outcome, windows, st.plan, completion_limits(st.info, self.schedule, self.output),
                               slide and slide.patch_pair, self.cfg.windows_per_batch, st.pending)
         self.queue.extend(_Batch(st.info.slide_id, b[0].window_id, b) for b in new)
         st.batches_left += len(new)
