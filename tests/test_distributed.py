@@ -182,10 +182,10 @@ def test_ray_job_submit_on_two_logical_gpus(cohort, ray_head, embedded_run, tmp_
 
 def start_until_first_slide(cohort, out: Path) -> subprocess.Popen:
     """Start a run with an embedded Ray, in its own process group as a shell runs a foreground
-    job; return once its first slide is published (mid-run: each batch of case_2 takes 15 s)."""
+    job; return once its first slide is published (mid-run: each batch of case_2 takes 6 s)."""
     from engine.distributed.actors import SLOW_ENV
 
-    env = dict(os.environ, RAY_AUTH_MODE="disabled", **{SLOW_ENV: "15:case_2"})
+    env = dict(os.environ, RAY_AUTH_MODE="disabled", **{SLOW_ENV: "6:case_2"})
     proc = subprocess.Popen(segment_cli(cohort, out, "--num-cpus", "2"), env=env, start_new_session=True,
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     deadline = time.time() + 200

@@ -287,7 +287,8 @@ class CohortStream:
         with st.info.open() if outcome.redo else contextlib.nullcontext() as slide:
             new = add_outcome(entry, outcome, windows, st.plan, completion_limits(st.info, self.schedule, self.output),
                               slide and slide.patch_pair, self.cfg.windows_per_batch, st.pending)
-        self.queue.extend(_Batch(st.info.slide_id, b[0].window_id, b) for b in new)
+        # First in the queue: the slide finishes (and frees its writer and memory) before later ones go on.
+        self.queue.extendleft(reversed([_Batch(st.info.slide_id, b[0].window_id, b) for b in new]))
         st.batches_left += len(new)
         self.bars.windows.total += sum(len(b) for b in new)
 
