@@ -180,12 +180,12 @@ def test_ray_job_submit_on_two_logical_gpus(cohort, ray_head, embedded_run, tmp_
     assert_same_outputs(outputs(out), outputs(embedded_run[0]))
 
 
-def start_until_first_slide(cohort, out: Path) -> subprocess.Popen:
+def start_until_first_slide(cohort, out: Path, slow_s: float = 6.0) -> subprocess.Popen:
     """Start a run with an embedded Ray, in its own process group as a shell runs a foreground
-    job; return once its first slide is published (mid-run: each batch of case_2 takes 6 s)."""
+    job; return once its first slide is published (mid-run: each batch of case_2 takes ``slow_s``)."""
     from engine.distributed.actors import SLOW_ENV
 
-    env = dict(os.environ, RAY_AUTH_MODE="disabled", **{SLOW_ENV: "6:case_2"})
+    env = dict(os.environ, RAY_AUTH_MODE="disabled", **{SLOW_ENV: f"{slow_s}:case_2"})
     proc = subprocess.Popen(segment_cli(cohort, out, "--num-cpus", "2"), env=env, start_new_session=True,
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     deadline = time.time() + 200
@@ -218,7 +218,7 @@ def test_interrupted_driver_rerun_skips_finished_slides(cohort, embedded_run, tm
     """A driver stopped after its first slide: the rerun recomputes no window of that slide."""
     out = tmp_path / "rerun"
     env = dict(os.environ, RAY_AUTH_MODE="disabled")
-    proc = start_until_first_slide(cohort, out)
+    proc = start_until_first_slide(cohort, out, slow_s=60)  # stopped long before case_2 is done
     try:
         proc.send_signal(signal.SIGKILL)
         proc.wait(timeout=60)
@@ -281,7 +281,7 @@ def test_second_run_on_same_output_is_refused_and_ctrl_c_cleans_up(cohort, embed
     import psutil
 
     out = tmp_path / "locked"
-    proc = start_until_first_slide(cohort, out)
+    proc = start_until_first_slide(cohort, out, slow_s=60)  # still running when the second run starts
     try:
         t0 = time.time()
         second = subprocess.run(segment_cli(cohort, out, "--num-cpus", "2"), capture_output=True, text=True,
