@@ -180,12 +180,14 @@ def test_ray_job_submit_on_two_logical_gpus(cohort, ray_head, embedded_run, tmp_
     assert_same_outputs(outputs(out), outputs(embedded_run[0]))
 
 
-def start_until_first_slide(cohort, out: Path, slow_s: float = 6.0) -> subprocess.Popen:
+def start_until_first_slide(cohort, out: Path, slow: str = "batches") -> subprocess.Popen:
     """Start a run with an embedded Ray, in its own process group as a shell runs a foreground
-    job; return once its first slide is published (mid-run: each batch of case_2 takes ``slow_s``)."""
-    from engine.distributed.actors import SLOW_ENV
+    job; return once its first slide is published. Mid-run then: each batch of case_2 takes 6 s
+    (``slow="batches"``), or case_2's plan takes 120 s (``slow="plan"``)."""
+    from engine.distributed.actors import SLOW_ENV, SLOW_PLAN_ENV
 
-    env = dict(os.environ, RAY_AUTH_MODE="disabled", **{SLOW_ENV: f"{slow_s}:case_2"})
+    delay = {SLOW_ENV: "6:case_2"} if slow == "batches" else {SLOW_PLAN_ENV: "120:case_2"}
+    env = dict(os.environ, RAY_AUTH_MODE="disabled", **delay)
     proc = subprocess.Popen(segment_cli(cohort, out, "--num-cpus", "2"), env=env, start_new_session=True,
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     deadline = time.time() + 200
@@ -218,7 +220,7 @@ def test_interrupted_driver_rerun_skips_finished_slides(cohort, embedded_run, tm
     """A driver stopped after its first slide: the rerun recomputes no window of that slide."""
     out = tmp_path / "rerun"
     env = dict(os.environ, RAY_AUTH_MODE="disabled")
-    proc = start_until_first_slide(cohort, out, slow_s=60)  # stopped long before case_2 is done
+    proc = start_until_first_slide(cohort, out, slow="plan")  # stopped long before case_2 is done
     try:
         proc.send_signal(signal.SIGKILL)
         proc.wait(timeout=60)
@@ -281,7 +283,7 @@ def test_second_run_on_same_output_is_refused_and_ctrl_c_cleans_up(cohort, embed
     import psutil
 
     out = tmp_path / "locked"
-    proc = start_until_first_slide(cohort, out, slow_s=60)  # still running when the second run starts
+    proc = start_until_first_slide(cohort, out, slow="plan")  # still running when the second run starts
     try:
         t0 = time.time()
         second = subprocess.run(segment_cli(cohort, out, "--num-cpus", "2"), capture_output=True, text=True,

@@ -113,18 +113,24 @@ def actor_device(who: str, gpu_ids: tuple[str, ...], allow_cpu: bool) -> str:
 #: Fault injection for the engine's own fault tests: a model actor given a batch of this slide
 #: ends its process at once, as an out-of-memory kill would.
 FAULT_ENV = "WSISAM_ENGINE_TEST_KILL_WORKER_ON_SLIDE"
-#: For the same tests: "<seconds>:<slide id>" makes each batch of that slide take that long, so a
-#: run is reliably mid-cohort when the test stops or kills something.
+#: For the same tests: "<seconds>:<slide id>" makes each batch of that slide (SLOW_ENV), or its
+#: plan (SLOW_PLAN_ENV), take that long, so a run is reliably mid-cohort when the test acts.
 SLOW_ENV = "WSISAM_ENGINE_TEST_SLOW_SLIDE"
+SLOW_PLAN_ENV = "WSISAM_ENGINE_TEST_SLOW_PLAN"
+
+
+def _injected_delay(env: str, slide_id: str) -> None:
+    seconds, _, slow = os.environ.get(env, "").partition(":")
+    if slow and slide_id == slow:
+        time.sleep(float(seconds))
 
 
 def _injected_fault(jobs: list[WindowJob]) -> None:
     target = os.environ.get(FAULT_ENV)
     if target and jobs and jobs[0].window.slide_id == target:
         os._exit(137)
-    seconds, _, slow = os.environ.get(SLOW_ENV, "").partition(":")
-    if slow and jobs and jobs[0].window.slide_id == slow:
-        time.sleep(float(seconds))
+    if jobs:
+        _injected_delay(SLOW_ENV, jobs[0].window.slide_id)
 
 
 class SlideWriterActor:
@@ -190,11 +196,13 @@ class SlideWriterActor:
 
 
 class SlideReaderActor:
-    """Plans slides and reads patch pairs, process after process kept (no worker started per task:
-    Ray would start and stop task workers, each importing the stack again)."""
+    """Plans slides and reads patch pairs, the process kept (no worker started per task: Ray would
+    start and stop task workers, each importing the stack again). Started with two threads, so a
+    slow plan (a detector) does not hold up reads."""
 
     def plan(self, info: SlideInfo, prompts: list[Prompt] | None, detector, schedule: ScheduleConfig) -> SlidePlan:
         """Prompts (given, or from the detector) -> validated prompts and windows."""
+        _injected_delay(SLOW_PLAN_ENV, info.slide_id)
         with info.open() as slide:
             if prompts is None:
                 prompts = detector.detect(slide)

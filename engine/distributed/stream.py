@@ -94,7 +94,8 @@ class CohortStream:
         self.io_cpus = min(0.25, ray.cluster_resources().get("CPU", 1.0) / 2 / (2 * self.n_writers))
         # Reader processes (plans and patch pairs), as many, used in turn; started now so that they
         # plan the first slides while the model actors load their models.
-        self.readers = [ray.remote(SlideReaderActor).options(num_cpus=self.io_cpus, max_restarts=-1).remote()
+        self.readers = [ray.remote(SlideReaderActor).options(num_cpus=self.io_cpus, max_restarts=-1,
+                                                             max_concurrency=2).remote()
                         for _ in range(self.n_writers)]
         self.reads = 0
         # After a call on actor k failed: identify ref -> (k, when asked, the batches that failed on
