@@ -200,14 +200,18 @@ class CohortStream:
         for st in self.states.values():
             load[st.writer] += 1
         if len(self.writers) < self.n_writers and (not load or min(load) > 0):
-            self.writers.append(ray.remote(SlideWriterActor).options(num_cpus=self.io_cpus, max_restarts=0).remote())
+            self.writers.append(self._new_writer())
             return len(self.writers) - 1
         return min(range(len(self.writers)), key=lambda w: (load[w], w))
 
     def _writer_died(self, w: int) -> None:
         """A writer process died: its open slides fail (their callers see it); new slides get a new one."""
         ray.kill(self.writers[w])
-        self.writers[w] = ray.remote(SlideWriterActor).options(num_cpus=self.io_cpus, max_restarts=0).remote()
+        self.writers[w] = self._new_writer()
+
+    def _new_writer(self):
+        """A writer process (not restarted by Ray: a dead one's slides fail, see _writer_died)."""
+        return ray.remote(SlideWriterActor).options(num_cpus=self.io_cpus, max_restarts=0).remote()
 
     def _dispatch(self) -> None:
         while self.queue and len(self.in_flight) + len(self.writing) < self.max_in_flight:
