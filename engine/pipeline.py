@@ -279,7 +279,8 @@ def segment_slide(slide: Slide, prompts: list[Prompt], segmenter: WindowSegmente
             a = time.perf_counter()
             jobs = list(read_jobs(slide, by_id, windows))
             b = time.perf_counter()
-            done = settle(segmenter.segment(jobs), windows, {p.prompt_id: p for j in jobs for p in j.prompts}, limits,
+            objects = segmenter.segment(jobs, lr_masks=schedule.complete_cut_objects)
+            done = settle(objects, windows, {p.prompt_id: p for j in jobs for p in j.prompts}, limits,
                           previous_masks(pending, windows))
             c = time.perf_counter()
             writer.add_many(done.objects)

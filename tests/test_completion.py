@@ -12,7 +12,7 @@ import zarr
 from shapely.geometry import LineString, Point, box
 
 import wsisam
-from engine.completion import CompletionLimits, redo_windows, settle
+from engine.completion import LR_MASK_KEY, CompletionLimits, redo_windows, settle
 from engine.geometry import concentric_pair
 from engine.pipeline import segment_slide
 from engine.records import Prompt
@@ -161,11 +161,13 @@ class Recording:
     """Passes batches to a segmenter and keeps their windows (for the border measure)."""
 
     def __init__(self, inner):
-        self.inner, self.name, self.windows = inner, inner.name, []
+        self.inner, self.name, self.windows, self.lr_masks = inner, inner.name, [], 0
 
-    def segment(self, jobs):
+    def segment(self, jobs, lr_masks=True):
         self.windows += [j.window for j in jobs]
-        return self.inner.segment(jobs)
+        out = self.inner.segment(jobs, lr_masks)
+        self.lr_masks += sum(LR_MASK_KEY in o.extra for o in out)  # LR masks decoded for completion
+        return out
 
 
 @pytest.fixture(scope="module")
@@ -181,7 +183,7 @@ def big_objects(tmp_path_factory):
 
 def run(s, truth, prompts, segmenter, out, **sched):
     """Border share and dice per truth object (prompt i is truth row i), and the result."""
-    rec = Recording(segmenter)
+    rec = segmenter if isinstance(segmenter, Recording) else Recording(segmenter)
     cfg = ScheduleConfig(patch_px=256, context_px=16, points_extent_um=128.0, **sched)
     with open_slide(s.path) as slide:
         res = segment_slide(slide, prompts, rec, out, cfg)
@@ -228,8 +230,10 @@ def test_points_on_large_objects_with_the_demo_model(big_objects, tmp_path):
     sides, and no object worse."""
     s, truth, points, _ = big_objects
     seg = WsiSamSegmenter(wsisam.WsiSamPredictor(wsisam.load_wsisam(DEMO_MODEL_PATH), device="cpu"))
-    share0, dice0, _ = run(s, truth, points, seg, tmp_path / "a", complete_cut_objects=False)
-    share1, dice1, after = run(s, truth, points, seg, tmp_path / "b")
+    without, with_ = Recording(seg), Recording(seg)
+    share0, dice0, _ = run(s, truth, points, without, tmp_path / "a", complete_cut_objects=False)
+    share1, dice1, after = run(s, truth, points, with_, tmp_path / "b")
     assert after.resegmented + after.completed_from_lr >= 3
+    assert without.lr_masks == 0 < with_.lr_masks  # no LR decoding without completion
     assert np.nanmean(share1) < np.nanmean(share0) and dice1.mean() > dice0.mean() + 0.03
     assert (dice1 >= dice0 - 0.02).all()

@@ -78,15 +78,24 @@ def assert_same_outputs(a: dict, b: dict) -> None:
 
 @pytest.fixture(scope="module")
 def embedded_run(cohort, tmp_path_factory):
-    """(a) the embedded mode: no cluster running, so segment_slides starts and stops its own Ray."""
+    """(a) the embedded mode: no cluster running, so segment_slides starts and stops its own Ray.
+    Two model actors, the second of which would take 10 minutes to load its model: the run does
+    not wait for it."""
     import ray
+
+    from engine.distributed.actors import SLOW_START_ENV
 
     assert not ray.is_initialized()
     slides, prompts, model = cohort
     out = tmp_path_factory.mktemp("embedded")
-    results = engine.segment_slides(slides, prompts=prompts, output_dir=out,
-                                    model=engine.ModelSpec(checkpoint=str(model)), schedule=SCHEDULE,
-                                    execution=ExecutionConfig(progress=False, windows_per_batch=2), num_cpus=2)
+    os.environ[SLOW_START_ENV] = "600:1"  # the embedded Ray's workers inherit this process's environment
+    try:
+        results = engine.segment_slides(slides, prompts=prompts, output_dir=out,
+                                        model=engine.ModelSpec(checkpoint=str(model)), schedule=SCHEDULE,
+                                        execution=ExecutionConfig(actors=2, progress=False, windows_per_batch=2),
+                                        num_cpus=2)
+    finally:
+        del os.environ[SLOW_START_ENV]
     assert not ray.is_initialized()  # the embedded Ray is shut down again
     return out, results
 
@@ -96,7 +105,10 @@ def test_embedded_mode(embedded_run):
     assert [r.slide_id for r in results] == ["case_0", "case_1", "case_2"]
     assert all(r.status == "done" and r.objects + r.empty_masks == r.prompts == 8 for r in results)
     m = read_manifest(out)
+    # Batches went to the first actor that had loaded the model; the other never finished loading.
     assert len(m["actors"]) == 1 and m["actors"][0]["gpu_ids"] == [] and m["actors"][0]["device"] == "cpu"
+    assert {b["actor_index"] for s in m["slides"].values() for b in s["batches"]} == {0}
+    assert m["totals"]["actor_busy_s"][1] == 0 < m["totals"]["actor_busy_s"][0]
     assert all(s["status"] == "done" and s["windows_computed"] == s["windows"] for s in m["slides"].values())
     assert m["model_sha256"]["checkpoint"] == wsisam.checkpoint.file_sha256(m["config"]["model"]["checkpoint"])
     gdf = results[0].geodataframe()

@@ -206,11 +206,11 @@ def test_failure_mid_run_leaves_nothing_half_written(synth, tmp_path):
     class Boom(TruthSegmenter):
         calls = 0
 
-        def segment(self, jobs):
+        def segment(self, jobs, lr_masks=True):
             Boom.calls += 1
             if Boom.calls == 2:
                 raise RuntimeError("GPU fell off the bus")
-            return super().segment(jobs)
+            return super().segment(jobs, lr_masks)
 
     with open_slide(s.path) as slide, pytest.raises(RuntimeError, match="bus"):
         segment_slide(slide, prompts, Boom(s.truth), tmp_path, SCHEDULE, windows_per_batch=1)

@@ -50,8 +50,8 @@ class Recording:
     def __init__(self, segmenter):
         self.segmenter, self.name, self.objects = segmenter, segmenter.name, []
 
-    def segment(self, jobs):
-        objects = self.segmenter.segment(jobs)
+    def segment(self, jobs, lr_masks=True):
+        objects = self.segmenter.segment(jobs, lr_masks)
         self.objects += [dataclasses.replace(o, extra=dict(o.extra)) for o in objects]
         return objects
 

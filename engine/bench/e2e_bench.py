@@ -6,8 +6,10 @@ pipeline, on the same slide and prompts, in one run (optionally a cohort row for
   own Ray temp dir (``RAY_TMPDIR``). Its output lines are timestamped as they arrive; phases:
   process start -> Ray up (``run_manifest.json`` first written, right after ``ray.init``) ->
   actors ready (the driver's ``model actor ...`` line) -> first batch done -> last batch done
-  (``finished_unix_s`` of the manifest's batch entries) -> process exit. Busy share of the
-  streaming phase = sum of ``totals.actor_busy_s`` / (actors x ``totals.wall_s``).
+  (``finished_unix_s`` of the manifest's batch entries) -> process exit. The streaming phase runs
+  from the first model actor ready to the last batch done (``totals.streaming_s``: the time the
+  model could work); busy share = sum of ``totals.actor_busy_s`` / (actors x that). The commit of
+  the last slide after its last batch is shown apart (the tail).
 - In-process path: a fresh interpreter (``python -m engine.bench.e2e_bench SPEC``) that loads the
   same model file and runs :func:`engine.pipeline.segment_slide`; it reports its stage timings.
 - Memory: every ~0.2 s the PSS of the process and all its descendants (psutil) is summed (``Pss``
@@ -250,13 +252,16 @@ def ray_figures(run: TreeRun, manifest: dict) -> dict:
     totals = manifest["totals"]
     busy = totals.get("actor_busy_s") or []
     n_actors = max(1, len(manifest.get("actors") or busy))
-    stream_s = totals.get("wall_s")
+    stream_s = totals.get("streaming_s")
+    ready_s = totals.get("first_actor_ready_s")
+    tail_s = totals["wall_s"] - ready_s - stream_s if stream_s is not None and ready_s is not None else None
     writer_s = sum(e["seconds"].get("stitch", 0.0) for e in manifest["slides"].values())
     actors_s = run.first_line("Ray GPU ids")  # the driver's line once every actor has loaded the model
     return {
         "wall_s": run.wall_s, "ray_up_s": run.manifest_s, "actors_ready_s": actors_s,
         "first_batch_s": done[0] if done else None, "last_batch_s": done[-1] if done else None,
-        "stream_s": stream_s, "actor_busy_s": busy, "actors": n_actors,
+        "stream_s": stream_s, "tail_s": tail_s, "actor_busy_s": busy, "actors": n_actors,
+        "first_wait_s": _first_wait(batches),
         "busy_share": sum(busy) / (n_actors * stream_s) if busy and stream_s else None,
         "batches": len(batches), "model_s": sum(b["seconds"] for b in batches),
         "writer_s": writer_s, "objects": sum(e["objects"] for e in manifest["slides"].values()),
@@ -266,6 +271,15 @@ def ray_figures(run: TreeRun, manifest: dict) -> dict:
         "load_avg": run.load_avg,
         "peak_by_process_mib": dict(sorted(run.peak_by_proc_mib.items(), key=lambda kv: -kv[1])),
     }
+
+
+def _first_wait(batches: list[dict]) -> float | None:
+    """Seconds the model waited on the first batch: from its arrival at the actor (patch pairs
+    read) to the model starting on it; most of the model load when the reads were faster."""
+    first = min(batches, key=lambda b: b.get("started_unix_s", 0.0), default=None)
+    if not first or not first.get("started_unix_s"):
+        return None
+    return first["started_unix_s"] - first["arrived_unix_s"]
 
 
 def _child(spec: dict) -> None:
@@ -443,9 +457,11 @@ def result(opts, inputs, model_text, rf, ray_run, ip, ip_run, cohort, seconds) -
              f"{rf['actors']} actor): wall {fmt(rf['wall_s'])} s; {phase_text}. Machine: {os.cpu_count()} CPUs, "
              f"1-min load average {_loads(rf['load_avg'])} before/after the Ray run, {_loads(ip_run.load_avg)} "
              "the in-process one (other work on the machine slows both, Ray's many processes more).",
-             f"Ray streaming phase {fmt(rf['stream_s'])} s, model actor busy "
-             f"{', '.join(fmt(b) for b in rf['actor_busy_s'])}"
-             f" s = {pct(rf['busy_share']) if rf['busy_share'] is not None else 'n/a'}; {rf['windows']} windows, "
+             f"Ray streaming phase (first model actor ready -> last batch done) {fmt(rf['stream_s'])} s, model "
+             f"actor busy {', '.join(fmt(b) for b in rf['actor_busy_s'])}"
+             f" s = {pct(rf['busy_share']) if rf['busy_share'] is not None else 'n/a'}; then the last commit "
+             f"{fmt(rf['tail_s'])} s (the tail); the first batch's patch pairs were at the actor "
+             f"{fmt(rf['first_wait_s'])} s before the model started on it (model load); {rf['windows']} windows, "
              f"{rf['objects']} objects (in-process: {ip['windows']} windows, {ip['objects']} objects).",
              f"in-process (fresh interpreter, {ip['device']}, torch threads {ip['threads']}): process wall "
              f"{fmt(ip_run.wall_s)} s = imports {fmt(ip['imports_s'])} + model load {fmt(ip['load_s'])} + "

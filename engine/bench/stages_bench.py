@@ -44,10 +44,10 @@ class ObjectMaskSubstitute:
         self.timings = model_segmenter.timings
         self.substitute_s = 0.0
 
-    def segment(self, jobs):
-        self.model.segment(jobs)
+    def segment(self, jobs, lr_masks=True):
+        self.model.segment(jobs, lr_masks)
         t0 = time.perf_counter()
-        out = self.truth.segment(jobs)
+        out = self.truth.segment(jobs, lr_masks)
         self.substitute_s += time.perf_counter() - t0
         return out
 

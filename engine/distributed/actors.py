@@ -1,11 +1,13 @@
 """Thin Ray actors and tasks; the work itself lives in engine.pipeline and engine.segmenters."""
 from __future__ import annotations
 
+import importlib
 import os
 import socket
 import sys
 import threading
 import time
+from collections import OrderedDict
 from dataclasses import dataclass
 
 import ray
@@ -15,7 +17,7 @@ from ..pipeline import OutputConfig, SlidePlan, SlideWriter, plan_slide, read_jo
 from ..records import ObjectMask, Prompt
 from ..scheduler import ScheduleConfig, Window
 from ..segmenters import WindowJob
-from ..slides import SlideInfo
+from ..slides import Slide, SlideInfo
 from .errors import DeviceError
 from .model_spec import ModelSpec
 
@@ -41,6 +43,8 @@ class BatchReport:
     seconds: float
     worker: WorkerIdentity
     outcome: BatchOutcome | None = None  # completion counts and prompts to redo (its objects list is empty)
+    arrived_unix_s: float = 0.0  # its patch pairs were read and the actor took the call
+    started_unix_s: float = 0.0  # the model started on it (after the batch before it on this actor)
 
 
 class ModelActor:
@@ -48,6 +52,7 @@ class ModelActor:
     CUDA_VISIBLE_DEVICES to the GPU it pinned), CPUs otherwise."""
 
     def __init__(self, spec: ModelSpec, actor_index: int, torch_threads: int) -> None:
+        _injected_delay(SLOW_START_ENV, str(actor_index))
         import torch
 
         gpu_ids = tuple(str(g) for g in ray.get_gpu_ids())
@@ -70,10 +75,13 @@ class ModelActor:
         """The batch's objects; with ``limits``, only final ones, settled here (``engine.completion``)
         so LR masks never leave the actor, and the report says which prompts to segment again
         (``previous``: the cut masks of prompts segmented again in this batch)."""
+        arrived = time.time()
         _injected_fault(jobs)
         with self._lock:
+            started = time.time()
             t0 = time.perf_counter()
-            objects = self.segmenter.segment(jobs)
+            completing = limits is not None and limits.schedule.complete_cut_objects
+            objects = self.segmenter.segment(jobs, lr_masks=completing)
             outcome = None
             if limits is not None:
                 outcome = settle(objects, [j.window for j in jobs], {p.prompt_id: p for j in jobs for p in j.prompts},
@@ -83,7 +91,7 @@ class ModelActor:
             self.busy_s += dt
         window = jobs[0].window
         return objects, BatchReport(window.slide_id, batch_id, tuple(j.window.window_id for j in jobs),
-                                    len(objects), dt, self.identity, outcome)
+                                    len(objects), dt, self.identity, outcome, arrived, started)
 
     def busy_seconds(self) -> float:
         return self.busy_s
@@ -117,11 +125,13 @@ FAULT_ENV = "WSISAM_ENGINE_TEST_KILL_WORKER_ON_SLIDE"
 #: plan (SLOW_PLAN_ENV), take that long, so a run is reliably mid-cohort when the test acts.
 SLOW_ENV = "WSISAM_ENGINE_TEST_SLOW_SLIDE"
 SLOW_PLAN_ENV = "WSISAM_ENGINE_TEST_SLOW_PLAN"
+#: "<seconds>:<actor index>": that model actor takes this much longer to load its model.
+SLOW_START_ENV = "WSISAM_ENGINE_TEST_SLOW_ACTOR_START"
 
 
-def _injected_delay(env: str, slide_id: str) -> None:
+def _injected_delay(env: str, key: str) -> None:
     seconds, _, slow = os.environ.get(env, "").partition(":")
-    if slow and slide_id == slow:
+    if slow and key == slow:
         time.sleep(float(seconds))
 
 
@@ -143,6 +153,8 @@ class SlideWriterActor:
     """
 
     def __init__(self) -> None:
+        # Imported now, while the model actors load, not at the first commit (its QC picture reads the slide).
+        importlib.import_module(SLIDE_READER_MODULE)
         self.writers: dict[str, SlideWriter] = {}
         self.seconds: dict[str, float] = {}
         self.errors: dict[str, BaseException] = {}
@@ -198,17 +210,42 @@ class SlideWriterActor:
 class SlideReaderActor:
     """Plans slides and reads patch pairs, the process kept (no worker started per task: Ray would
     start and stop task workers, each importing the stack again). Started with two threads, so a
-    slow plan (a detector) does not hold up reads."""
+    slow plan (a detector) does not hold up reads.
+
+    It imports the slide reader's stack when it starts (seconds: tiatoolbox imports torch), so that
+    happens while the model actors load, not on the first batch; and each thread keeps its last
+    slides open (:data:`OPEN_SLIDES`) instead of opening the slide for every batch.
+    """
+
+    def __init__(self) -> None:
+        importlib.import_module(SLIDE_READER_MODULE)
+
+        self._local = threading.local()
+
+    def _slide(self, info: SlideInfo) -> Slide:
+        """This thread's open handle on the slide (least recently used ones closed)."""
+        cache = self._local.__dict__.setdefault("slides", OrderedDict())
+        slide = cache.pop(info, None) or info.open()
+        cache[info] = slide
+        while len(cache) > OPEN_SLIDES:
+            cache.popitem(last=False)[1].close()
+        return slide
 
     def plan(self, info: SlideInfo, prompts: list[Prompt] | None, detector, schedule: ScheduleConfig) -> SlidePlan:
         """Prompts (given, or from the detector) -> validated prompts and windows."""
         _injected_delay(SLOW_PLAN_ENV, info.slide_id)
-        with info.open() as slide:
-            if prompts is None:
-                prompts = detector.detect(slide)
-            return plan_slide(slide, prompts, schedule)
+        slide = self._slide(info)
+        if prompts is None:
+            prompts = detector.detect(slide)
+        return plan_slide(slide, prompts, schedule)
 
     def read(self, info: SlideInfo, prompts_by_id: dict[int, Prompt], windows: list[Window]) -> list[WindowJob]:
         """Read the patch pairs of a batch of windows (``prompts_by_id``: the windows' prompts)."""
-        with info.open() as slide:
-            return list(read_jobs(slide, prompts_by_id, windows))
+        return list(read_jobs(self._slide(info), prompts_by_id, windows))
+
+
+#: What :class:`engine.slides.Slide` opens files with: seconds to import (it imports torch), so
+#: reader and writer processes import it when they start.
+SLIDE_READER_MODULE = "tiatoolbox.wsicore.wsireader"
+#: Slides each reader thread keeps open (the slides being planned and read are a few at a time).
+OPEN_SLIDES = 2

@@ -35,3 +35,17 @@ def original_error(exc: BaseException) -> BaseException | None:
             return None
         exc = cause
     return None
+
+
+class ActorStartError(ValueError):
+    """A model actor could not start (its message is the original error's); the CLI exits 2."""
+
+
+def actor_start_error(exc: BaseException) -> BaseException:
+    """What to raise when a model actor failed to load its model: the user's own error (a
+    checkpoint that does not fit, a missing file: the CLI exits 2 with it), else
+    :class:`ActorStartError` with the original error's text."""
+    err = original_error(exc) or exc
+    if isinstance(err, (ValueError, FileNotFoundError, PermissionError)):
+        return err
+    return ActorStartError(f"a model actor could not start: {type(err).__name__}: {err}")

@@ -12,7 +12,6 @@
 from __future__ import annotations
 
 import datetime as dt
-import sys
 import uuid
 from dataclasses import asdict, dataclass
 
@@ -26,7 +25,6 @@ from ..scheduler import ScheduleConfig
 from ..slides import SlideInfo
 from .actors import ModelActor
 from .cluster import ClusterInfo
-from .errors import original_error
 from .manifest import RunManifest, SlideEntry
 from .model_spec import ModelSpec
 
@@ -55,10 +53,6 @@ class ExecutionConfig:
             raise ValueError(f"{', '.join(bad)}: must be positive (>= 1 for counts); got {self}")
 
 
-class ActorStartError(ValueError):
-    """A model actor could not start (its message is the original error's); the CLI exits 2."""
-
-
 def _actor_count(cfg: ExecutionConfig, cluster: ClusterInfo) -> int:
     if cfg.actors is not None:
         return cfg.actors
@@ -68,19 +62,20 @@ def _actor_count(cfg: ExecutionConfig, cluster: ClusterInfo) -> int:
 def torch_threads(cfg: ExecutionConfig, cluster: ClusterInfo, n_actors: int) -> int:
     """CPU threads of each model actor's torch.
 
-    With GPUs: ``cpus_per_actor``. On a CPU-only cluster the model is the work, so the actors share
-    the CPUs that reading and writing do not need (a quarter of them, at least one): 1 thread each
-    on 2 CPUs, 12 on 16 for one actor.
+    With GPUs: ``cpus_per_actor``. On a CPU-only cluster the model is the work: reading a batch's
+    patch pairs and painting its objects take a few per cent of the CPU time the model takes on
+    them (``wsisam-engine bench e2e``), so the actors share every CPU but an eighth kept for the
+    readers and writers: 2 threads on 2 CPUs, 14 on 16 for one actor.
     """
     if cluster.num_gpus > 0:
         return max(1, int(cfg.cpus_per_actor))
     cpus = int(cluster.num_cpus)
-    return max(1, (cpus - max(1, cpus // 4)) // n_actors)
+    return max(1, (cpus - cpus // 8) // n_actors)
 
 
 def launch_model_actors(spec: ModelSpec, cfg: ExecutionConfig, cluster: ClusterInfo) -> tuple[list, list]:
-    """Start the model actors; returns them and the refs that answer once each has loaded its model
-    (see :func:`wait_model_actors`)."""
+    """Start the model actors; returns them and, for each, a ref that answers with its identity once
+    it has loaded its model (or raises why it could not: see ``errors.actor_start_error``)."""
     n = _actor_count(cfg, cluster)
     use_gpu = cluster.num_gpus > 0
     # Model actors together claim at most half the cluster's CPUs: the rest reads patches and
@@ -93,21 +88,6 @@ def launch_model_actors(spec: ModelSpec, cfg: ExecutionConfig, cluster: ClusterI
     threads = torch_threads(cfg, cluster, n)
     actors = [remote.options(**opts).remote(spec, i, threads) for i in range(n)]
     return actors, [a.identify.remote() for a in actors]
-
-
-def wait_model_actors(actors: list, ready: list) -> list[dict]:
-    """Wait until every model actor has loaded its model; returns their identities. An actor that
-    fails to start raises its original error (e.g. a checkpoint that does not fit)."""
-    try:
-        identities = ray.get(ready)
-    except Exception as exc:  # noqa: BLE001 - Ray wraps the actor's own error
-        for a in actors:
-            ray.kill(a)
-        err = original_error(exc) or exc
-        if isinstance(err, (ValueError, FileNotFoundError, PermissionError)):
-            raise err from None
-        raise ActorStartError(f"a model actor could not start: {type(err).__name__}: {err}") from None
-    return [asdict(w) for w in identities]
 
 
 def new_manifest(slides: list[SlideInfo], run_id: str, run_config: dict, model_sha256: dict[str, str],
@@ -137,23 +117,17 @@ def run_cohort(slides: list[SlideInfo], skipped: set[str], prompts: dict[str, li
     try:
         if todo:
             actors, ready = launch_model_actors(spec, cfg, cluster)
-            stream = CohortStream(todo, prompts, detector, actors, output_dir, schedule, output, cfg, manifest,
-                                  settings)
+            # The stream plans and reads the first slides while the actors load, and sends each actor
+            # batches from the start (they run once its model is loaded).
+            stream = CohortStream(todo, prompts, detector, actors, ready, output_dir, schedule, output, cfg,
+                                  manifest, settings)
             try:
-                stream.plan_ahead()  # the readers plan the first slides while the model actors load
-                manifest.actors = wait_model_actors(actors, ready)
-                for w in manifest.actors:
-                    gpus = ",".join(w["gpu_ids"]) or "none"
-                    print(f"model actor {w['actor_index']}: {w['device']} on host {w['host']} (pid {w['pid']}, "
-                          f"Ray GPU ids {gpus})", file=sys.stderr, flush=True)
-                manifest.write(output_dir)
                 results = stream.run()
             finally:
                 stream.close()
-                try:
-                    manifest.totals["actor_busy_s"] = ray.get([a.busy_seconds.remote() for a in actors], timeout=10)
-                except Exception:  # noqa: BLE001 - interrupted or dead actors: no busy figure
-                    pass
+                busy = stream.busy_seconds()
+                if busy is not None:
+                    manifest.totals["actor_busy_s"] = busy
                 for a in actors:
                     ray.kill(a)
         failed = [e for e in manifest.slides.values() if e.status == "failed"]

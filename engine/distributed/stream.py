@@ -2,6 +2,9 @@
 
 Long-lived processes only: model actors, reader actors (plans, patch pairs) and writer actors
 (each open slide has one ``SlideWriter`` in one of them), so no process starts per slide or batch.
+All start together; while the model actors load, the readers plan the first slides and read their
+first batches ahead, and each model actor gets batches as soon as it has loaded its model (no
+waiting for the slowest one; a batch is tied to an actor only when sent to it).
 
 Bounded everywhere, so memory stays flat for a cohort of any size: slides are planned lazily (at
 most ``PLAN_AHEAD`` plans outstanding, only while the batch queue runs short), and at most
@@ -31,7 +34,7 @@ from ..slide_result import RunContext, SlideResult, slide_summary
 from ..scheduler import schedule_stats
 from ..slides import SlideInfo
 from .actors import BatchReport, SlideReaderActor, SlideWriterActor
-from .errors import original_error
+from .errors import actor_start_error, original_error
 
 #: Errors that mean "the model actor's process died", not "the batch raised".
 _DEATHS = (ActorDiedError, ActorUnavailableError, RayActorError, WorkerCrashedError)
@@ -52,6 +55,7 @@ class _Batch:
     slide_id: str
     batch_id: int
     windows: list
+    jobs: object = None  # the ref of its patch pairs, once reading them started ahead of sending it
     kills: int = 0  # times the model actor died while running it
     tries: int = 0  # times a call with it failed (died, refused, or its read's worker crashed)
 
@@ -71,8 +75,14 @@ class _SlideState:
 
 
 class CohortStream:
-    def __init__(self, todo, prompts, detector, actors, output_dir, schedule, output, cfg, manifest, settings):
+    def __init__(self, todo, prompts, detector, actors, ready, output_dir, schedule, output, cfg, manifest, settings):
         self.todo, self.prompts, self.detector, self.actors = deque(todo), prompts, detector, actors
+        # Model actors still loading: their "ready" ref -> actor index. They are sent batches already
+        # (Ray holds the calls until the model is loaded), so the first reads overlap the load.
+        self.starting: dict = dict(zip(ready, range(len(actors))))
+        self.t_start = time.perf_counter()
+        self.first_ready_s: float | None = None  # seconds from the stream's start to the first actor ready
+        self.last_batch_s: float | None = None
         self.output_dir, self.schedule, self.output, self.cfg = output_dir, schedule, output, cfg
         self.manifest = manifest
         cfg_run = manifest.config
@@ -83,20 +93,23 @@ class CohortStream:
         self.plans: dict = {}  # plan ref -> SlideInfo
         self.states: dict[str, _SlideState] = {}
         self.queue: deque[_Batch] = deque()
+        self.read_ahead = 0  # queued batches whose patch pairs are being read (see _dispatch)
         self.in_flight: dict = {}  # report ref -> (batch, objects ref, actor index, pid)
         self.writing: dict = {}  # writer add ref -> slide id (the batch still holds its slot)
         self.commits: dict = {}  # writer commit ref -> slide id
-        # Writer processes, started as slides need them and reused slide after slide: one per model
-        # actor plus one, so a slide's commit does not hold up the next slide's batches.
-        self.writers: list = []
-        self.n_writers = len(actors) + 1
+        # Writer processes, reused slide after slide: one per model actor plus one (so a slide's commit
+        # does not hold up the next slide's batches), fewer for fewer slides. Started now, with the
+        # readers, so that they import their stack while the model actors load: a writer still
+        # starting when the first batches are done would hold their slots (see max_in_flight).
+        n_writers = min(len(actors) + 1, len(todo))
         # Readers and writers share the half of the CPUs the model actors leave (executor.py).
-        self.io_cpus = min(0.25, ray.cluster_resources().get("CPU", 1.0) / 2 / (2 * self.n_writers))
-        # Reader processes (plans and patch pairs), as many, used in turn; started now so that they
-        # plan the first slides while the model actors load their models.
+        self.io_cpus = min(0.25, ray.cluster_resources().get("CPU", 1.0) / 2 / (len(actors) + n_writers))
+        self.writers: list = [self._new_writer() for _ in range(n_writers)]
+        # Reader processes (plans and patch pairs), one per model actor, used in turn; started now so
+        # that they import their stack and plan the first slides while the model actors load.
         self.readers = [ray.remote(SlideReaderActor).options(num_cpus=self.io_cpus, max_restarts=-1,
                                                              max_concurrency=2).remote()
-                        for _ in range(self.n_writers)]
+                        for _ in range(len(actors))]
         self.reads = 0
         # After a call on actor k failed: identify ref -> (k, when asked, the batches that failed on
         # it). An actor gets no work until its probe answers: Ray rejects calls made while an actor
@@ -110,18 +123,19 @@ class CohortStream:
     # -- the loop -------------------------------------------------------------------------------
 
     def run(self) -> dict[str, SlideResult]:
-        t_start = time.perf_counter()
         try:
             while self.todo or self.plans or self.states:
                 self.plan_ahead()
                 self._dispatch()
-                waiting = [*self.in_flight, *self.probes, *self.writing, *self.commits, *self.plans]
+                waiting = [*self.in_flight, *self.probes, *self.writing, *self.commits, *self.plans, *self.starting]
                 if not waiting:
                     raise RuntimeError(f"internal error: slides {sorted(self.states)} have work left but nothing "
                                        "is running")
                 done, _ = ray.wait(waiting, num_returns=1)
                 for ref in done:
-                    if ref in self.probes:
+                    if ref in self.starting:
+                        self._started(ref)
+                    elif ref in self.probes:
                         self._probe(ref)
                     elif ref in self.in_flight:
                         self._collect(ref)
@@ -146,14 +160,48 @@ class CohortStream:
                     self.manifest.note_worker(asdict(ray.get(ref)))
             except Exception:  # noqa: BLE001 - it is gone: nothing to record
                 pass
-        self.manifest.totals["wall_s"] = time.perf_counter() - t_start
+        self._totals()
         return self.results
+
+    def _totals(self) -> None:
+        """Stream figures for the manifest: ``streaming_s`` runs from the first model actor ready to
+        the last batch done (the time the model could work); ``wall_s`` also holds the model load
+        before it and the last commit after it."""
+        t = self.manifest.totals
+        t["wall_s"] = time.perf_counter() - self.t_start
+        t["first_actor_ready_s"] = self.first_ready_s
+        if self.first_ready_s is not None and self.last_batch_s is not None:
+            t["streaming_s"] = self.last_batch_s - self.first_ready_s
+
+    def _started(self, ref) -> None:
+        """A model actor has loaded its model (or failed to: the run stops with its error)."""
+        self.starting.pop(ref)
+        try:
+            who = ray.get(ref)
+        except Exception as exc:  # noqa: BLE001 - Ray wraps the actor's own error
+            raise actor_start_error(exc) from None
+        if self.first_ready_s is None:
+            self.first_ready_s = time.perf_counter() - self.t_start
+        self.manifest.note_worker(asdict(who))
+        self.manifest.write(self.output_dir)
+        gpus = ",".join(who.gpu_ids) or "none"
+        _say(f"model actor {who.actor_index}: {who.device} on host {who.host} (pid {who.pid}, Ray GPU ids {gpus})")
 
     def close(self) -> None:
         """End the reader and writer processes (after :meth:`run`, or instead of it)."""
         for w in self.writers + self.readers:
             ray.kill(w)
         self.writers, self.readers = [], []
+
+    def busy_seconds(self) -> list[float] | None:
+        """Seconds each model actor spent on batches (0 for one still loading its model); None when
+        an actor does not answer (interrupted or dead)."""
+        loading = set(self.starting.values())
+        try:
+            return [0.0 if k in loading else ray.get(a.busy_seconds.remote(), timeout=10)
+                    for k, a in enumerate(self.actors)]
+        except Exception:  # noqa: BLE001 - no busy figure
+            return None
 
     def plan_ahead(self) -> None:
         """Start planning the next slides while the batch queue runs short (bounded look-ahead)."""
@@ -195,13 +243,10 @@ class CohortStream:
         return self.readers[self.reads % len(self.readers)]
 
     def _writer_for_new_slide(self) -> int:
-        """The writer process with the fewest open slides (a new one while fewer than n_writers)."""
+        """The writer process with the fewest open slides."""
         load = [0] * len(self.writers)
         for st in self.states.values():
             load[st.writer] += 1
-        if len(self.writers) < self.n_writers and (not load or min(load) > 0):
-            self.writers.append(self._new_writer())
-            return len(self.writers) - 1
         return min(range(len(self.writers)), key=lambda w: (load[w], w))
 
     def _writer_died(self, w: int) -> None:
@@ -214,23 +259,23 @@ class CohortStream:
         return ray.remote(SlideWriterActor).options(num_cpus=self.io_cpus, max_restarts=0).remote()
 
     def _dispatch(self) -> None:
-        while self.queue and len(self.in_flight) + len(self.writing) < self.max_in_flight:
+        """Send queued batches to model actors that have loaded their model. While none can take the
+        next batch (all still loading, or restarting), the next batches' patch pairs are read ahead,
+        within the same budget, so they are ready when an actor is; a batch is tied to an actor
+        only when sent, so a slow or failed start holds up no batch."""
+        while self.queue:
             batch = self.queue[0]
             if batch.slide_id not in self.states:  # its slide failed meanwhile
-                self.queue.popleft()
+                self._pop()
                 continue
-            # A batch that killed an actor runs alone on an idle actor, so a second death is its own;
-            # a restarted actor gets work once it has said who it is (its new process is recorded).
-            probing = {k for k, _, _ in self.probes.values()}
-            free = [k for k in range(len(self.actors)) if not self.isolated[k] and k not in probing
-                    and (self.load[k] == 0 if batch.suspect else True)]
-            if not free:
-                return
-            self.queue.popleft()
-            k = min(free, key=lambda a: (self.load[a], a))
+            k = self._free_actor(batch)
+            # Batches read ahead do not hold up one put first in the queue (a retry, a redo): with them
+            # the count may pass the budget until they are sent, by at most the budget.
+            if k is None or (batch.jobs is None and len(self.in_flight) + len(self.writing) >= self.max_in_flight):
+                break
+            self._pop()
             st = self.states[batch.slide_id]
-            needed = st.plan.prompts_by_id(i for w in batch.windows for i in w.prompt_ids)
-            jobs = self._reader().read.remote(st.info, needed, batch.windows)
+            jobs = batch.jobs if batch.jobs is not None else self._read(batch)
             objects_ref, report_ref = self.actors[k].segment.options(num_returns=2).remote(
                 jobs, batch.batch_id, completion_limits(st.info, self.schedule, self.output),
                 previous_masks(st.pending, batch.windows))
@@ -238,6 +283,36 @@ class CohortStream:
             self.isolated[k] = batch.suspect
             # The process it is sent to, as last seen (the manifest's actor list follows restarts).
             self.in_flight[report_ref] = (batch, objects_ref, k, self.manifest.actors[k]["pid"])
+        for batch in self.queue:  # read ahead
+            if self._slots() >= self.max_in_flight:
+                break
+            if batch.jobs is None and batch.slide_id in self.states:
+                batch.jobs = self._read(batch)
+                self.read_ahead += 1
+
+    def _free_actor(self, batch: _Batch) -> int | None:
+        """The least loaded actor that may take ``batch`` now, if any. Not one still loading its model
+        or restarting (it gets work once it has said who it is, so its new process is recorded); a
+        batch that killed an actor runs alone on an idle actor, so a second death is its own."""
+        busy = {k for k, _, _ in self.probes.values()} | set(self.starting.values())
+        free = [k for k in range(len(self.actors)) if not self.isolated[k] and k not in busy
+                and (self.load[k] == 0 if batch.suspect else True)]
+        return min(free, key=lambda a: (self.load[a], a)) if free else None
+
+    def _read(self, batch: _Batch):
+        """Start reading a batch's patch pairs (a ref the model actor's call takes as its argument)."""
+        st = self.states[batch.slide_id]
+        needed = st.plan.prompts_by_id(i for w in batch.windows for i in w.prompt_ids)
+        return self._reader().read.remote(st.info, needed, batch.windows)
+
+    def _pop(self) -> _Batch:
+        batch = self.queue.popleft()
+        self.read_ahead -= batch.jobs is not None
+        return batch
+
+    def _slots(self) -> int:
+        """Batches being read, segmented or written (the in-flight budget's count)."""
+        return len(self.in_flight) + len(self.writing) + self.read_ahead
 
     def _collect(self, ref) -> None:
         batch, objects_ref, k, pid = self.in_flight.pop(ref)
@@ -268,7 +343,10 @@ class CohortStream:
         self.manifest.note_worker(worker)
         entry.batches.append({"batch_id": report.batch_id, "windows": list(report.window_ids),
                               "objects": report.objects, "seconds": report.seconds,
+                              "arrived_unix_s": round(report.arrived_unix_s, 3),
+                              "started_unix_s": round(report.started_unix_s, 3),
                               "finished_unix_s": round(time.time(), 3), **worker})
+        self.last_batch_s = time.perf_counter() - self.t_start
         if report.outcome is not None:
             self._redo(st, entry, report.outcome, batch.windows)
         st.batches_left -= 1
@@ -325,6 +403,7 @@ class CohortStream:
                 self._fail(batch.slide_id, exc, stage=f"batch {batch.batch_id} (windows {windows}) failed "
                            f"{batch.tries} times; last")
             else:
+                batch.jobs = None  # read again: a crashed read may be why it failed
                 self.queue.appendleft(batch)
 
     # -- ends of a slide ------------------------------------------------------------------------
@@ -381,6 +460,7 @@ class CohortStream:
                 pass
         remove_tree(self.output_dir, partial_dir(self.output_dir, slide_id).name)
         self.queue = deque(b for b in self.queue if b.slide_id != slide_id)
+        self.read_ahead = sum(b.jobs is not None for b in self.queue)
         self.writing = {r: sid for r, sid in self.writing.items() if sid != slide_id}
 
 

@@ -23,8 +23,10 @@ class WindowJob:
 class WindowSegmenter(Protocol):
     name: str
 
-    def segment(self, jobs: list[WindowJob]) -> list[ObjectMask]:
-        """One ObjectMask per prompt whose mask is not empty, in job and prompt order."""
+    def segment(self, jobs: list[WindowJob], lr_masks: bool = True) -> list[ObjectMask]:
+        """One ObjectMask per prompt whose mask is not empty, in job and prompt order. With
+        ``lr_masks``, masks that reach their HR patch's border carry the prompt's LR mask for
+        window-border completion (``engine.completion``); without, none is made."""
         ...
 
 

@@ -43,7 +43,7 @@ class TruthSegmenter:
         cand = self.index.query(gpd.points_from_xy([pos[0][0]], [pos[0][1]])[0], predicate="intersects")
         return int(cand[0]) if cand.size else None
 
-    def segment(self, jobs: list[WindowJob]) -> list[ObjectMask]:
+    def segment(self, jobs: list[WindowJob], lr_masks: bool = True) -> list[ObjectMask]:
         out = []
         for job in jobs:
             pair = job.window.pair
@@ -55,7 +55,7 @@ class TruthSegmenter:
                 obj = mask_to_object(_raster(geom, pair.hr_origin_l0_px, pair), prompt, job.window, score=1.0)
                 if obj is None:
                     continue
-                if touches_border(*hr_placement(obj, pair), obj.mask.shape, pair.patch_px):
+                if lr_masks and touches_border(*hr_placement(obj, pair), obj.mask.shape, pair.patch_px):
                     # As WSI-SAM's LR mask: the object in the LR field, for the completion step.
                     lr = _raster(geom, pair.lr_origin_l0_px, pair, pair.lr_mpp)
                     obj.extra[LR_MASK_KEY] = foreground_crops(torch.from_numpy(lr[None]))[0]

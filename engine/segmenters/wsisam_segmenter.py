@@ -36,7 +36,7 @@ class WsiSamSegmenter:
         # accumulated over calls; read by ``wsisam-engine bench``.
         self.timings = {"encode": 0.0, "decode": 0.0}
 
-    def segment(self, jobs: list[WindowJob]) -> list[ObjectMask]:
+    def segment(self, jobs: list[WindowJob], lr_masks: bool = True) -> list[ObjectMask]:
         if not jobs:
             return []
         ratios = {round(j.window.pair.ratio, 9) for j in jobs}
@@ -59,7 +59,8 @@ class WsiSamSegmenter:
                     results[i] = mask_to_object(mask, prompt, jobs[k].window, score)
                 if results[i] is not None and getattr(mask, "stability", None) is not None:
                     results[i].extra["stability"] = mask.stability  # of the HR logits (wsisam.stability_scores)
-            self._attach_lr_masks([i for i in idx if results[i] is not None], flat, jobs, results)
+            if lr_masks:
+                self._attach_lr_masks([i for i in idx if results[i] is not None], flat, jobs, results)
         self.timings["encode"] += t1 - t0
         self.timings["decode"] += time.perf_counter() - t1
         return [results[i] for i in range(len(flat)) if results[i] is not None]
