@@ -227,6 +227,18 @@ def mapped_file(t: torch.Tensor) -> str | None:
     return None
 
 
+def written_kib(path) -> int:
+    """How much of this process's mappings of ``path`` has been written to (private copies of its pages)."""
+    total, inside = 0, False
+    for line in Path("/proc/self/smaps").read_text().splitlines():
+        fields = line.split()
+        if "-" in fields[0] and not fields[0].endswith(":"):
+            inside = len(fields) > 5 and fields[5] == str(path)
+        elif inside and fields[0] == "Private_Dirty:":
+            total += int(fields[1])
+    return total
+
+
 def copied_load(path) -> wsisam.WsiSam:
     """How files were loaded before they were mapped: a model initialised, then the file's values copied in."""
     from safetensors.torch import load_file
@@ -265,6 +277,7 @@ def test_model_actor_maps_the_demo_model_file_and_matches_a_copied_load():
     np.testing.assert_array_equal(a.hr_logits, b.hr_logits)
     np.testing.assert_array_equal(a.lr_logits, b.lr_logits)
     np.testing.assert_array_equal(sa, sb)
+    assert written_kib(DEMO_MODEL) == 0, "segmenting wrote to the weights: their pages were copied"
 
 
 @needs_proc_maps
@@ -286,6 +299,7 @@ def test_sam_and_decoder_files_are_mapped_privately_and_decoders_share_no_memory
     with torch.no_grad():
         hr.add_(1.0)
         sam_only.image_encoder.patch_embed.proj.weight.zero_()
+    assert written_kib(sam_path) > 0  # the pages changed are this process's copies
     assert torch.equal(lr, src.mask_decoder_lr.iou_token.weight)
     assert wsisam.checkpoint.file_sha256(sam_path) == before
     assert torch.equal(wsisam.build_wsisam("vit_test", sam_checkpoint=sam_path).image_encoder.patch_embed.proj.weight,
