@@ -213,3 +213,115 @@ def test_manifests_are_not_vacuous(tmp_path):
         torch.save({"model": zeros(bad)}, path)
         with pytest.raises(wsisam.CheckpointError, match="does not fit"):
             wsisam.load_reference_decoder(decoder, path)
+
+
+# ---------------------------------------------------------------- weights mapped from the file, not copied
+def mapped_file(t: torch.Tensor) -> str | None:
+    """The file whose memory map holds ``t``'s data (/proc/self/maps); None for anonymous memory."""
+    ptr = t.data_ptr()
+    for line in Path("/proc/self/maps").read_text().splitlines():
+        fields = line.split(maxsplit=5)
+        low, high = (int(x, 16) for x in fields[0].split("-"))
+        if low <= ptr < high:
+            return fields[5] if len(fields) > 5 else None
+    return None
+
+
+def written_kib(path) -> int:
+    """How much of this process's mappings of ``path`` has been written to (private copies of its pages)."""
+    total, inside = 0, False
+    for line in Path("/proc/self/smaps").read_text().splitlines():
+        fields = line.split()
+        if "-" in fields[0] and not fields[0].endswith(":"):
+            inside = len(fields) > 5 and fields[5] == str(path)
+        elif inside and fields[0] == "Private_Dirty:":
+            total += int(fields[1])
+    return total
+
+
+def copied_load(path) -> wsisam.WsiSam:
+    """How files were loaded before they were mapped: a model initialised, then the file's values copied in."""
+    from safetensors.torch import load_file
+
+    model = wsisam.WsiSam(wsisam.checkpoint.read_config(path))
+    model.load_state_dict(load_file(str(path)))
+    return model.eval()
+
+
+def tensors(model: torch.nn.Module) -> dict[str, torch.Tensor]:
+    """Parameters and every buffer, those not stored in files included."""
+    return {**dict(model.named_parameters()), **dict(model.named_buffers())}
+
+
+def assert_same_tensors(got: torch.nn.Module, want: torch.nn.Module) -> None:
+    a, b = tensors(got), tensors(want)
+    assert a.keys() == b.keys()
+    for k in a:
+        assert (a[k].dtype, a[k].device, a[k].requires_grad) == (b[k].dtype, b[k].device, b[k].requires_grad), k
+        assert torch.equal(a[k], b[k]), k
+
+
+needs_proc_maps = pytest.mark.skipif(not Path("/proc/self/maps").exists(), reason="reads /proc/self/maps (Linux)")
+
+
+@needs_proc_maps
+def test_model_actor_maps_the_demo_model_file_and_matches_a_copied_load():
+    from engine.distributed.model_spec import DEMO_MODEL, ModelSpec
+
+    model = ModelSpec.demo().segmenter("cpu").predictor.model  # what a model actor holds
+    reference = copied_load(DEMO_MODEL)
+    assert_same_tensors(model, reference)
+    largest = max(model.parameters(), key=torch.Tensor.numel)
+    assert mapped_file(largest) == str(DEMO_MODEL), "the weights were copied out of the file"
+    (a, sa), (b, sb) = outputs(reference), outputs(model)
+    np.testing.assert_array_equal(a.hr_logits, b.hr_logits)
+    np.testing.assert_array_equal(a.lr_logits, b.lr_logits)
+    np.testing.assert_array_equal(sa, sb)
+    assert written_kib(DEMO_MODEL) == 0, "segmenting wrote to the weights: their pages were copied"
+
+
+@needs_proc_maps
+def test_sam_and_decoder_files_are_mapped_privately_and_decoders_share_no_memory(tmp_path):
+    src = make_model("vit_test", seed=4, token_aggregation="sum")
+    sam_path, hr_path, lr_path = tmp_path / "sam.pth", tmp_path / "hr.pth", tmp_path / "lr.pth"
+    torch.save(sam_style_state(src), sam_path)
+    torch.save({"model": src.mask_decoder_hr.state_dict()}, hr_path)
+    torch.save({"model": src.mask_decoder_lr.state_dict()}, lr_path)
+    full = wsisam.build_wsisam("vit_test", sam_checkpoint=sam_path, hr_decoder_checkpoint=hr_path,
+                               lr_decoder_checkpoint=lr_path)
+    assert_same_tensors(full, src)
+    assert mapped_file(full.image_encoder.patch_embed.proj.weight) == str(sam_path)
+    assert mapped_file(full.mask_decoder_lr.hf_mlp.layers[0].weight) == str(lr_path)
+    # SAM's one decoder fills both WSI decoders: training one must leave the other (and the file) alone.
+    sam_only = wsisam.build_wsisam("vit_test", sam_checkpoint=sam_path)
+    hr, lr = sam_only.mask_decoder_hr.iou_token.weight, sam_only.mask_decoder_lr.iou_token.weight
+    before = wsisam.checkpoint.file_sha256(sam_path)
+    with torch.no_grad():
+        hr.add_(1.0)
+        sam_only.image_encoder.patch_embed.proj.weight.zero_()
+    assert written_kib(sam_path) > 0  # the pages changed are this process's copies
+    assert torch.equal(lr, src.mask_decoder_lr.iou_token.weight)
+    assert wsisam.checkpoint.file_sha256(sam_path) == before
+    assert torch.equal(wsisam.build_wsisam("vit_test", sam_checkpoint=sam_path).image_encoder.patch_embed.proj.weight,
+                       src.image_encoder.patch_embed.proj.weight)
+
+
+def test_model_spec_imports_without_torch():
+    """Ray's readers and writers import the actors module (and ModelSpec) but never torch."""
+    import subprocess
+    import sys
+
+    code = ("import sys\nfrom engine.distributed.model_spec import ModelSpec\n"
+            "assert ModelSpec.demo().is_demo\nprint('TORCH', 'torch' in sys.modules)\n")
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert "TORCH False" in proc.stdout, proc.stdout[-2000:] + proc.stderr[-2000:]
+
+
+@pytest.mark.slow
+def test_actors_module_imports_without_torch():
+    import subprocess
+    import sys
+
+    code = "import sys, engine.distributed.actors\nprint('TORCH', 'torch' in sys.modules)\n"
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert "TORCH False" in proc.stdout, proc.stdout[-2000:] + proc.stderr[-2000:]

@@ -5,7 +5,7 @@ import os
 from functools import partial
 from typing import Callable
 
-from .checkpoint import load_reference_decoder, load_sam_checkpoint, load_wsisam, read_config
+from .checkpoint import empty_model, load_reference_decoder, load_sam_checkpoint, load_wsisam, materialised, read_config
 from .config import CONFIGS, get_config
 from .modeling import WsiSam
 
@@ -37,13 +37,17 @@ def build_wsisam(backbone: str | None = "vit_tiny", *, checkpoint: PathLike | No
         raise ValueError("reference decoders come in pairs: give both hr_decoder_checkpoint and lr_decoder_checkpoint")
     if hr_decoder_checkpoint is not None:
         config_overrides.setdefault("token_aggregation", "sum")
-    model = WsiSam(get_config(backbone, **config_overrides))
+    config = get_config(backbone, **config_overrides)
+    if sam_checkpoint is None or hr_decoder_checkpoint is None:
+        model = WsiSam(config)  # some weights stay random (initialised as before), the rest are loaded
+    else:
+        model = empty_model(config)  # the files hold every weight: nothing to initialise
     if sam_checkpoint is not None:
         load_sam_checkpoint(model, sam_checkpoint)
     if hr_decoder_checkpoint is not None:
         load_reference_decoder(model.mask_decoder_hr, hr_decoder_checkpoint)
         load_reference_decoder(model.mask_decoder_lr, lr_decoder_checkpoint)
-    return model.eval()
+    return materialised(model).eval()
 
 
 wsisam_model_registry: dict[str, Callable[..., WsiSam]] = {name: partial(build_wsisam, name) for name in CONFIGS}

@@ -69,9 +69,47 @@ def _check_fit(path: Path, own: Shapes, got: Shapes, required: set[str], model: 
 
 
 def _load_strict(module: torch.nn.Module, state: dict[str, torch.Tensor], path: Path, required: set[str]) -> None:
-    """Load ``state`` into ``module``; every key in ``required`` must be present and every key known."""
-    _check_fit(path, _shapes(module.state_dict()), _shapes(state), required)
-    module.load_state_dict(state, strict=False)
+    """Load ``state`` into ``module`` by assignment; every key in ``required`` must be present and every key known.
+
+    The module's tensors become ``state``'s: memory-mapped file pages stay shared with the page
+    cache (and with other processes mapping the file) instead of being copied. Copies are made only
+    where they cannot be avoided: a dtype or device differing from the module's (e.g. fp16 stored,
+    fp32 model; a module already on a GPU), a non-contiguous stored tensor, and the second of two
+    keys given one tensor (SAM's decoder for both WSI decoders), so that no two parameters share
+    memory. The mapping is private: changing a weight (training) copies its pages, never writes
+    the file; but a file rewritten in place while mapped changes the pages not yet changed.
+    """
+    own = module.state_dict()
+    _check_fit(path, _shapes(own), _shapes(state), required)
+    seen: set[int] = set()
+    fitted = {}
+    for key, value in state.items():
+        device = value.device if own[key].is_meta else own[key].device
+        value = value.to(device, own[key].dtype).contiguous()
+        if value.numel() and value.data_ptr() in seen:
+            value = value.clone()
+        seen.add(value.data_ptr())
+        fitted[key] = value
+    module.load_state_dict(fitted, strict=False, assign=True)
+
+
+def empty_model(config: WsiSamConfig) -> WsiSam:
+    """A model of ``config`` whose parameters have no memory (the ``meta`` device, no initialisation):
+    loading assigns the file's tensors, then :func:`materialised` checks that none is left empty."""
+    with torch.device("meta"):
+        return WsiSam(config)
+
+
+def materialised(model: WsiSam) -> WsiSam:
+    """``model`` after loading into an :func:`empty_model`: its buffers not stored in files are
+    computed (on the CPU), and a tensor no file filled is an error."""
+    for module in model.modules():
+        if hasattr(module, "reset_buffers"):
+            module.reset_buffers()
+    empty = [name for name, t in (*model.named_parameters(), *model.named_buffers()) if t.is_meta]
+    if empty:
+        raise RuntimeError(f"no weights were loaded for {', '.join(empty[:8])} ({len(empty)} in all)")
+    return model
 
 
 def _torch_load(path: str | os.PathLike, mmap: bool = False) -> dict:
@@ -117,7 +155,7 @@ def _decoder_state(raw: dict, path: Path) -> dict[str, torch.Tensor]:
 
 def load_sam_checkpoint(model: WsiSam, path: str | os.PathLike) -> WsiSam:
     """Load SAM's or MobileSAM's weights into the frozen SAM parts of ``model`` (both decoders)."""
-    return load_sam_state(model, _torch_load(path), Path(path))
+    return load_sam_state(model, _torch_load(path, mmap=True), Path(path))
 
 
 def load_sam_state(model: WsiSam, raw: dict, path: Path) -> WsiSam:
@@ -130,7 +168,7 @@ def load_sam_state(model: WsiSam, raw: dict, path: Path) -> WsiSam:
 def load_reference_decoder(decoder: WsiMaskDecoder, path: str | os.PathLike) -> WsiMaskDecoder:
     """Load one reference WSI-SAM decoder file (``{"model": state_dict}``) into ``decoder``."""
     path = Path(path)
-    state = _decoder_state(_torch_load(path), path)
+    state = _decoder_state(_torch_load(path, mmap=True), path)
     _load_strict(decoder, state, path, set(decoder.state_dict()))
     return decoder
 
@@ -171,8 +209,9 @@ def read_config(path: str | os.PathLike) -> WsiSamConfig:
 def load_wsisam(path: str | os.PathLike, **config_overrides) -> WsiSam:
     """Rebuild a model from one of our checkpoint files; inference-only fields may be overridden.
 
-    Floating-point tensors stored at a lower precision (e.g. fp16, to keep a file small) are
-    upcast to the model's own dtype (fp32) on loading.
+    The weights are the file's pages, memory-mapped (not copied, not initialised first): processes
+    loading one file share them. Floating-point tensors stored at a lower precision (e.g. fp16, to
+    keep a file small) are upcast to the model's own dtype (fp32) on loading, a copy.
     """
     from safetensors.torch import load_file
 
@@ -180,12 +219,9 @@ def load_wsisam(path: str | os.PathLike, **config_overrides) -> WsiSam:
     config = read_config(path)
     if config_overrides:
         config = config.replace(**config_overrides)
-    model = WsiSam(config)
-    own = model.state_dict()
-    state = {k: v.to(own[k].dtype) if k in own and v.is_floating_point() and own[k].is_floating_point() else v
-             for k, v in load_file(str(path)).items()}
-    _load_strict(model, state, path, set(own))
-    return model.eval()
+    model = empty_model(config)
+    _load_strict(model, load_file(str(path)), path, set(model.state_dict()))
+    return materialised(model).eval()
 
 
 def file_sha256(path: str | os.PathLike) -> str:

@@ -11,13 +11,11 @@ import functools
 import os
 from pathlib import Path
 
-import torch
 from safetensors import safe_open
 
 from .checkpoint import (CheckpointError, Shapes, _check_fit, _decoder_state, _is_sam_key, _sam_state, _shapes,
-                         _torch_load, read_config)
+                         _torch_load, empty_model, read_config)
 from .config import CONFIGS, WsiSamConfig, get_config
-from .modeling import WsiSam
 
 PathLike = str | os.PathLike
 _VIT_PROBE = "image_encoder.patch_embed.proj.weight"
@@ -26,9 +24,7 @@ _VIT_PROBE = "image_encoder.patch_embed.proj.weight"
 @functools.lru_cache(maxsize=16)
 def expected_shapes(config: WsiSamConfig) -> Shapes:
     """Every state-dict key of a model of ``config`` and its shape (built on the meta device)."""
-    with torch.device("meta"):
-        model = WsiSam(config)
-    return _shapes(model.state_dict())
+    return _shapes(empty_model(config).state_dict())
 
 
 def safetensors_shapes(path: PathLike) -> Shapes:

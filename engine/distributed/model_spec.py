@@ -1,18 +1,19 @@
-"""Which model a run uses: a plain record that crosses to the model actors, which build it."""
+"""Which model a run uses: a plain record that crosses to the model actors, which build it.
+
+torch and ``wsisam`` are imported by the methods that need them, so that processes importing
+this module for the record alone (Ray's readers and writers, via ``actors``) never load torch.
+"""
 from __future__ import annotations
 
 import os
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
-import torch
+if TYPE_CHECKING:
+    import wsisam
 
-import wsisam
-from wsisam.checkpoint import file_sha256
-
-from ..segmenters import WsiSamSegmenter
-from ..segmenters.wsisam_segmenter import segmenter_name
+    from ..segmenters import WsiSamSegmenter
 
 DEMO_MODEL = Path(__file__).resolve().parents[1] / "data" / "demo_model.safetensors"
 
@@ -110,6 +111,8 @@ class ModelSpec:
         """Open every model file and match its keys and shapes to the configuration (headers and
         memory maps only: nothing is built or loaded). Returns the spec with ``backbone`` filled in
         from the SAM file when it was not given. Raises ``CheckpointError`` (a ValueError)."""
+        import wsisam
+
         backbone = wsisam.check_model_files(
             self.backbone, checkpoint=self.checkpoint, sam_checkpoint=self.sam_checkpoint,
             hr_decoder_checkpoint=self.hr_decoder_checkpoint, lr_decoder_checkpoint=self.lr_decoder_checkpoint)
@@ -117,6 +120,8 @@ class ModelSpec:
 
     def describe(self) -> str:
         """One line naming the model a run uses."""
+        import wsisam.checkpoint
+
         if self.is_demo:
             return f"the bundled demo model (trained on synthetic slides only, not for tissue): {self.checkpoint}"
         if self.checkpoint is not None:
@@ -129,22 +134,34 @@ class ModelSpec:
         return text
 
     def build(self) -> wsisam.WsiSam:
+        """The model, in eval mode, on the CPU: weights from files are memory-mapped, not copied."""
+        import wsisam
+
         return wsisam.build_wsisam(
             self.backbone, checkpoint=self.checkpoint, sam_checkpoint=self.sam_checkpoint,
             hr_decoder_checkpoint=self.hr_decoder_checkpoint, lr_decoder_checkpoint=self.lr_decoder_checkpoint)
 
     def segmenter(self, device: str) -> WsiSamSegmenter:
+        import torch
+
+        import wsisam
+        from ..segmenters import WsiSamSegmenter
+
         dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(self.amp or "") if device.startswith("cuda") else None
         predictor = wsisam.WsiSamPredictor(self.build(), device=device, amp_dtype=dtype, compile=self.compile)
         return WsiSamSegmenter(predictor, mode=self.mode)
 
     def checksums(self) -> dict[str, str]:
         """sha256 of every weights file, for the run manifest."""
+        from wsisam.checkpoint import file_sha256
+
         return {name: file_sha256(p) for name, p in asdict(self).items()
                 if name.endswith("checkpoint") and p is not None}
 
     def config(self) -> wsisam.WsiSamConfig:
         """The model's configuration, read from the files (no weights loaded)."""
+        import wsisam.checkpoint
+
         if self.checkpoint is not None:
             return wsisam.checkpoint.read_config(self.checkpoint)
         return wsisam.get_config(self.backbone or wsisam.infer_backbone(self.sam_checkpoint))
@@ -153,4 +170,6 @@ class ModelSpec:
         return self.config().img_size
 
     def segmenter_name(self) -> str:
+        from ..segmenters.wsisam_segmenter import segmenter_name
+
         return segmenter_name(self.config().name, self.mode)

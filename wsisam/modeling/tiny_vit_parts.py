@@ -103,14 +103,19 @@ class WindowAttention(nn.Module):
         self.norm = nn.LayerNorm(dim)
         self.qkv = nn.Linear(dim, 3 * dim)
         self.proj = nn.Linear(dim, dim)
-        cells = list(itertools.product(range(window), range(window)))
+        self.window = window
+        self.attention_biases = nn.Parameter(torch.zeros(num_heads, window * window))  # one per offset (dy, dx)
+        self.reset_buffers()
+
+    def reset_buffers(self) -> None:
+        """(Re)compute the buffer not stored in weights files: each pair of cells' offset index."""
+        cells = list(itertools.product(range(self.window), range(self.window)))
         offsets: dict[tuple[int, int], int] = {}
         idxs = []
         for p in cells:
             for q in cells:
                 off = (abs(p[0] - q[0]), abs(p[1] - q[1]))
                 idxs.append(offsets.setdefault(off, len(offsets)))
-        self.attention_biases = nn.Parameter(torch.zeros(num_heads, len(offsets)))
         self.register_buffer(
             "attention_bias_idxs", torch.tensor(idxs, dtype=torch.long).view(len(cells), len(cells)), persistent=False
         )

@@ -87,9 +87,13 @@ class WsiSam(nn.Module):
         self.mask_decoder_lr = build_decoder(config)
         # Both decoders wrap the same frozen SAM decoder: start them from the same weights.
         self.mask_decoder_lr.load_state_dict(self.mask_decoder_hr.sam_state_dict(), strict=False)
-        self.register_buffer("pixel_mean", torch.tensor(config.pixel_mean).view(-1, 1, 1), persistent=False)
-        self.register_buffer("pixel_std", torch.tensor(config.pixel_std).view(-1, 1, 1), persistent=False)
+        self.reset_buffers()
         self.sam_frozen = False
+
+    def reset_buffers(self) -> None:
+        """(Re)compute the buffers not stored in weights files (the input normalisation)."""
+        self.register_buffer("pixel_mean", torch.tensor(self.config.pixel_mean).view(-1, 1, 1), persistent=False)
+        self.register_buffer("pixel_std", torch.tensor(self.config.pixel_std).view(-1, 1, 1), persistent=False)
 
     @property
     def device(self) -> torch.device:
