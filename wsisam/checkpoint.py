@@ -17,7 +17,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import tempfile
+import uuid
 import zipfile
 from pathlib import Path
 
@@ -179,14 +179,13 @@ def save_wsisam(model: WsiSam, path: str | os.PathLike) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
     meta = {"format": FORMAT_NAME, "format_version": FORMAT_VERSION, "config": json.dumps(model.config.to_dict())}
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
+    # A new file (not mkstemp's, which is 0600): the model file gets the usual permissions (umask).
+    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex}.tmp")
     try:
-        save_file(state, tmp, metadata=meta)
+        save_file(state, str(tmp), metadata=meta)
         os.replace(tmp, path)
     finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
+        tmp.unlink(missing_ok=True)
     return path
 
 
