@@ -17,18 +17,18 @@ def clean_mask(mask: np.ndarray, min_area_px: float, min_hole_px: float) -> np.n
     m = np.ascontiguousarray(mask, dtype=np.uint8)
     if min_area_px > 1 and m.any():
         n, lab, stats, _ = cv2.connectedComponentsWithStats(m, connectivity=4)
-        small = np.flatnonzero(stats[:, cv2.CC_STAT_AREA] < min_area_px)
-        small = small[small > 0]
-        if small.size:
-            m[np.isin(lab, small)] = 0
+        small = stats[:, cv2.CC_STAT_AREA] < min_area_px
+        small[0] = False
+        if small.any():
+            m[small[lab]] = 0  # a lookup by component id, cheaper than np.isin
     if min_hole_px > 1 and m.any():
         bg = (1 - m).astype(np.uint8)
         n, lab, stats, _ = cv2.connectedComponentsWithStats(bg, connectivity=4)
         h, w = m.shape
         x, y = stats[:, cv2.CC_STAT_LEFT], stats[:, cv2.CC_STAT_TOP]
         inner = (x > 0) & (y > 0) & (x + stats[:, cv2.CC_STAT_WIDTH] < w) & (y + stats[:, cv2.CC_STAT_HEIGHT] < h)
-        fill = np.flatnonzero(inner & (stats[:, cv2.CC_STAT_AREA] < min_hole_px))
-        fill = fill[fill > 0]
-        if fill.size:
-            m[np.isin(lab, fill)] = 1
+        fill = inner & (stats[:, cv2.CC_STAT_AREA] < min_hole_px)
+        fill[0] = False
+        if fill.any():
+            m[fill[lab]] = 1
     return m.astype(bool)
