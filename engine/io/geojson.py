@@ -152,26 +152,12 @@ def _rounded(coords: Any, ndigits: int) -> Any:
 
 def geometry_json(geom: Any, ndigits: int | None = None) -> dict:
     """GeoJSON geometry dict of a shapely geometry, coordinates rounded to ``ndigits`` if given."""
-    g = _polygonal_json(geom)
+    from shapely.geometry import mapping
+
+    g = mapping(geom)
     if ndigits is None:
         return g
     return {"type": g["type"], "coordinates": _rounded(g["coordinates"], ndigits)}
-
-
-def _polygonal_json(geom: Any) -> dict:
-    """``shapely.geometry.mapping(geom)``, with coordinates read as arrays for 2-D (Multi)Polygons
-    (the same JSON, several times faster for outlines of many vertices)."""
-    import shapely
-    from shapely.geometry import mapping
-
-    def rings(p) -> list:
-        return [shapely.get_coordinates(r).tolist() for r in (p.exterior, *p.interiors)]
-
-    if geom.has_z or geom.geom_type not in ("Polygon", "MultiPolygon"):
-        return mapping(geom)
-    if geom.geom_type == "Polygon":
-        return {"type": "Polygon", "coordinates": rings(geom) if not geom.is_empty else []}
-    return {"type": "MultiPolygon", "coordinates": [rings(p) for p in geom.geoms]}
 
 
 #: Object columns written as QuPath measurements when present.
