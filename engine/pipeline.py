@@ -15,6 +15,7 @@ Outputs of a slide appear whole or not at all: everything is written into
 from __future__ import annotations
 
 import dataclasses
+import gc
 import json
 import math
 import os
@@ -197,7 +198,19 @@ class SlideWriter:
         """Trace polygons from the label image, write every output and publish the slide folder.
 
         ``prompts``: the plan's prompts (each segmented once), written to ``prompts.geojson``.
+        Python's cyclic garbage collector is paused meanwhile: tracing and writing allocate many
+        small containers (freed when done), which would set off full collections over every
+        object of the process (a loaded model: about half a second each).
         """
+        was_enabled = gc.isenabled()
+        gc.disable()
+        try:
+            return self._commit(summary, prompts)
+        finally:
+            if was_enabled:
+                gc.enable()
+
+    def _commit(self, summary: dict, prompts: list[Prompt]) -> Path:
         t0 = time.perf_counter()
         if self.candidates is not None:  # segment everything: duplicates removed before painting
             self.labels.add_many(list(self.candidates.select()))

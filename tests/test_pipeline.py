@@ -1,4 +1,5 @@
 """End to end on generated slides: prompt file -> windows -> masks -> OME-Zarr labels + polygons."""
+import gc
 import json
 import warnings
 
@@ -58,6 +59,7 @@ def test_every_prompt_segmented_once_and_polygons_match_truth(synth, truth_run):
     gdf = truth_run.geodataframe()
     assert truth_run.prompts == len(s.truth) == truth_run.objects == len(gdf)
     assert sorted(gdf.object_id) == list(range(1, len(s.truth) + 1))  # exactly once, ids = prompt_id + 1
+    assert gc.isenabled()  # the writer pauses the garbage collector only while it commits
     assert gdf.geometry.is_valid.all() and gdf.crs is None
     truth = s.truth.set_index("object_id").geometry
     ious = []

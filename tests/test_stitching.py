@@ -192,6 +192,26 @@ def test_pyramid_is_nearest_neighbour_and_coverage_matches(written):
     assert not (path / "labels/objects/4").exists()
 
 
+def test_pyramid_from_odd_chunks_evicted_and_partly_empty(tmp_path, rng):
+    """Chunks of an odd size (chunk k of a level starts on an odd row for odd k), a cache of one
+    chunk (level 0 read back) and objects in one corner only: every level is still level 0
+    sampled at every 2**k-th pixel, coverage matches it, and chunks with no object are not
+    written."""
+    objs = [obj(k, disk(40 + 5 * k), rng.uniform(0, 1000, 2), score=0.5 + 0.1 * k) for k in range(5)]
+    path = tmp_path / "labels.ome.zarr"
+    with writer(path, chunk_px=77, max_cached_chunks=1) as w:
+        w.add_many(objs[:2])
+        w.add_many(objs[2:])
+    level0 = read_level(path, 0)
+    assert len(np.unique(level0)) == 6
+    for k in range(w.n_levels):
+        level = read_level(path, k)
+        np.testing.assert_array_equal(level, level0[:: 2**k, :: 2**k])
+        np.testing.assert_array_equal(zarr.open_array(str(path / str(k)), mode="r")[:] == 255, level > 0)
+    n_chunks = len([p for p in (path / "labels/objects/0").rglob("*") if p.is_file() and p.name != "zarr.json"])
+    assert 0 < n_chunks < np.ceil(GRID_SHAPE_PX[0] / 77) * np.ceil(GRID_SHAPE_PX[1] / 77) / 4
+
+
 def test_ome_zarr_reader_reads_labels_with_scale_units_and_levels(written):
     from ome_zarr.format import FormatV04, FormatV05
     from ome_zarr.io import parse_url

@@ -101,5 +101,9 @@ class LabelGrid:
         cols = np.ceil(((np.arange(win.c0, win.c1) + 0.5) * f - x0) / g - _EPS).astype(np.int64) - 1
         rok, cok = (rows >= 0) & (rows < h), (cols >= 0) & (cols < w)
         out = np.zeros(win.shape, dtype=bool)
-        out[np.ix_(rok, cok)] = mask[np.ix_(rows[rok], cols[cok])]
+        # rows and columns are monotone, so the in-crop ones are one block of ``out``; two takes
+        # (one per axis) are several times faster than fancy indexing with np.ix_
+        rin, cin = np.flatnonzero(rok), np.flatnonzero(cok)
+        if rin.size and cin.size:
+            out[rin[0]:rin[-1] + 1, cin[0]:cin[-1] + 1] = mask.take(rows[rin], axis=0).take(cols[cin], axis=1)
         return out

@@ -42,7 +42,7 @@ from engine.stitching.grid import LabelGrid, Window
 from engine.stitching.ngff import NgffArrays, NgffVersion, create_arrays, ngff_format, write_metadata
 from engine.stitching.overlap import ObjectEntry, check_score, paint
 from engine.stitching.polygons import Polygonal, label_block_polygons, label_px_to_l0_px, union_parts
-from engine.stitching.pyramid import ChunkIndex, chunk_window, default_n_levels, downsample_level, level_shapes
+from engine.stitching.pyramid import ChunkIndex, build_pyramid, chunk_window, default_n_levels, level_shapes
 
 _MAX_ID = np.iinfo(np.uint32).max
 
@@ -165,7 +165,11 @@ class LabelImageWriter:
             return self._cache[index]
         level0 = self._arrays.label_levels[0]
         rows, cols = chunk_window(index, self.chunk_px, level0.shape)
-        self._cache[index] = block = np.array(level0[rows, cols])
+        if index in self._touched:  # written when evicted earlier
+            block = np.array(level0[rows, cols])
+        else:  # never painted: nothing on disk to read
+            block = np.zeros((rows.stop - rows.start, cols.stop - cols.start), dtype=level0.dtype)
+        self._cache[index] = block
         while len(self._cache) > max(1, self.max_cached_chunks):
             self._write_chunk(*self._cache.popitem(last=False))
         return block
@@ -177,7 +181,7 @@ class LabelImageWriter:
             self._arrays.label_levels[0][rows, cols] = block
 
     def flush(self) -> None:
-        """Write the cached chunks that were painted (done by :meth:`outlines_l0_px` and :meth:`close`)."""
+        """Write the cached chunks that were painted (:meth:`close` writes them too)."""
         while self._cache:
             self._write_chunk(*self._cache.popitem(last=False))
 
@@ -217,48 +221,47 @@ class LabelImageWriter:
     def outlines_l0_px(self) -> dict[int, Polygonal]:
         """Each object's final pixels (after the overlap rule) as a (Multi)Polygon in level-0 px.
 
-        Reads level 0 back one touched chunk at a time (never the whole slide) and traces all
-        objects of the chunk at once (:func:`label_block_polygons`); parts of an object in
-        several chunks are unioned. Objects left with no pixel are absent. Call before
-        :meth:`close`.
+        Takes level 0 one touched chunk at a time (from the cache, else read back; never the
+        whole slide) and traces all objects of the chunk at once (:func:`label_block_polygons`);
+        parts of an object in several chunks are unioned. Objects left with no pixel are absent.
+        Call before :meth:`close`.
         """
         if self._closed:
             raise RuntimeError("writer is closed")
-        self.flush()
-        level0, c = self._arrays.label_levels[0], self.chunk_px
         parts: dict[int, list] = {}
         for index in sorted(self._touched):
-            rows, cols = chunk_window(index, c, level0.shape)
-            block = np.asarray(level0[rows, cols])
-            for oid, poly in label_block_polygons(block, (rows.start, cols.start)):
+            rows, cols = chunk_window(index, self.chunk_px, self.shapes_px[0])
+            for oid, poly in label_block_polygons(self._level0_block(index), (rows.start, cols.start)):
                 parts.setdefault(oid, []).append(poly)
         f = self.grid.l0_px_per_label_px
         return {oid: label_px_to_l0_px(union_parts(p), f) for oid, p in parts.items()}
 
+    def _level0_block(self, index: ChunkIndex) -> np.ndarray:
+        """A touched level-0 chunk, from the cache (its order unchanged) or read back."""
+        if index in self._cache:
+            return self._cache[index]
+        rows, cols = chunk_window(index, self.chunk_px, self.shapes_px[0])
+        return np.asarray(self._arrays.label_levels[0][rows, cols])
+
     # ------------------------------------------------------------------ finishing
     def close(self) -> Path:
-        """Build the pyramid and metadata, then move the result to ``path``. Idempotent."""
+        """Write level 0, build the pyramid from it (each chunk taken once) and the metadata, then
+        move the result to ``path``. Idempotent."""
         if self._closed:
             return self.path
-        self.flush()
         arrays, c = self._arrays, self.chunk_px
 
-        def coverage_writer(level: int):
-            def write(index: ChunkIndex, block: np.ndarray) -> None:
-                rows, cols = chunk_window(index, c, arrays.coverage_levels[level].shape)
-                arrays.coverage_levels[level][rows, cols] = (block > 0).astype(np.uint8) * 255
+        def write(level: int, index: ChunkIndex, block: np.ndarray) -> None:
+            rows, cols = chunk_window(index, c, self.shapes_px[level])
+            if level == 0:
+                self._write_chunk(index, block)  # if painted since read
+                self._cache.pop(index, None)
+            else:
+                arrays.label_levels[level][rows, cols] = block
+            arrays.coverage_levels[level][rows, cols] = (block > 0).astype(np.uint8) * 255
 
-            return write
-
-        write0 = coverage_writer(0)
-        for index in sorted(self._touched):
-            rows, cols = chunk_window(index, c, arrays.label_levels[0].shape)
-            write0(index, np.asarray(arrays.label_levels[0][rows, cols]))
-        chunks = set(self._touched)
-        for k in range(1, self.n_levels):
-            chunks = downsample_level(
-                arrays.label_levels[k - 1], arrays.label_levels[k], chunks, c, coverage_writer(k)
-            )
+        build_pyramid(self._touched, self._level0_block, self.shapes_px, c, write)
+        self._cache.clear()  # chunks read but never painted
         colors, properties = self._label_metadata()
         write_metadata(arrays, self.fmt, self.grid.label_mpp, self.label_name, colors, properties)
         if self.path.exists():

@@ -50,18 +50,16 @@ def paint(
     block: uint32 (h, w) label ids, 0 = background. new_mask: bool (h, w).
     Returns (pixels won, {previous owner id: pixels it lost}) for bookkeeping.
     """
-    covered = block[new_mask]
-    owners = np.unique(covered)
-    losers = [
-        int(o)
-        for o in owners
-        if o == 0 or beats(entry.score, entry.object_id, entries[int(o)].score, int(o))
-    ]
-    if not losers:
-        return 0, {}
-    win_in_cover = np.isin(covered, losers)
-    lost_ids, lost_counts = np.unique(covered[win_in_cover], return_counts=True)
-    covered[win_in_cover] = entry.object_id
-    block[new_mask] = covered
-    lost = {int(i): int(n) for i, n in zip(lost_ids, lost_counts) if i != 0}
-    return int(win_in_cover.sum()), lost
+    win = new_mask & (block == 0)  # free pixels; then those taken from beaten owners
+    taken = new_mask != win  # covered pixels another object owns
+    lost: dict[int, int] = {}
+    if taken.any():
+        owners, counts = np.unique(block[taken], return_counts=True)
+        lost = {o: n for o, n in zip(owners.tolist(), counts.tolist())
+                if beats(entry.score, entry.object_id, entries[o].score, o)}
+        if len(lost) == len(owners):
+            win = new_mask
+        elif lost:
+            win |= taken & np.isin(block, list(lost))
+    np.copyto(block, np.uint32(entry.object_id), where=win)
+    return int(np.count_nonzero(win)), lost

@@ -2,9 +2,9 @@
 
 Level ``k+1`` is level ``k`` sampled at every second row and column (``a[::2, ::2]``), so it
 holds only ids that exist at level ``k``: labels are never interpolated. Only chunks that
-hold data are visited: an output chunk ``(i, j)`` reads the 2 x 2 input chunks
-``(2i..2i+1, 2j..2j+1)``, and output chunks whose inputs were never written stay unwritten
-(they read as the fill value 0). Memory: one input block of ``2*chunk x 2*chunk`` at a time.
+hold data are visited: chunk ``(i, j)`` of level ``k+1`` comes from the 2 x 2 chunks
+``(2i..2i+1, 2j..2j+1)`` of level ``k``, and chunks with no data are never written (they read
+as the fill value 0).
 """
 from __future__ import annotations
 
@@ -12,7 +12,6 @@ import math
 from collections.abc import Callable, Iterable
 
 import numpy as np
-import zarr
 
 ChunkIndex = tuple[int, int]
 
@@ -42,29 +41,45 @@ def chunk_window(index: ChunkIndex, chunk_px: int, shape: tuple[int, int]) -> tu
     )
 
 
-def downsample_level(
-    src: zarr.Array,
-    dst: zarr.Array,
-    src_chunks: Iterable[ChunkIndex],
+def build_pyramid(
+    chunks0: Iterable[ChunkIndex],
+    level0_block: Callable[[ChunkIndex], np.ndarray],
+    shapes: list[tuple[int, int]],
     chunk_px: int,
-    on_block: Callable[[ChunkIndex, np.ndarray], None] | None = None,
-) -> set[ChunkIndex]:
-    """Write ``dst = src[::2, ::2]`` for the chunks fed by ``src_chunks``.
+    on_block: Callable[[int, ChunkIndex, np.ndarray], None],
+) -> None:
+    """Every level's chunks that hold data, level ``k+1`` = level ``k`` ``[::2, ::2]``.
 
-    src, dst: 2-D zarr arrays with square chunks of ``chunk_px``; dst.shape == ceil(src.shape/2).
-    Returns the dst chunk indices that hold non-zero data. ``on_block(index, block)`` sees each
-    written dst block (e.g. to derive a companion image).
+    chunks0: the level-0 chunks holding data; ``level0_block(index)`` gives one (each is asked
+    for once). ``on_block(level, index, block)`` gets every chunk of ``chunks0`` at level 0 and
+    every non-zero chunk above (to write it). Depth first: a chunk of level ``k+1`` is assembled
+    from its (up to) 4 chunks of level ``k`` as they are made, so nothing is read back and memory
+    is about two chunks per level.
     """
-    dst_chunks = sorted({(i // 2, j // 2) for i, j in src_chunks})
-    nonzero: set[ChunkIndex] = set()
-    for i, j in dst_chunks:
-        rows, cols = chunk_window((i, j), chunk_px, dst.shape)
-        block = np.asarray(src[2 * rows.start : 2 * rows.stop, 2 * cols.start : 2 * cols.stop])[::2, ::2]
-        block = np.ascontiguousarray(block[: rows.stop - rows.start, : cols.stop - cols.start])
-        if not block.any():
-            continue
-        dst[rows, cols] = block
-        nonzero.add((i, j))
-        if on_block is not None:
-            on_block((i, j), block)
-    return nonzero
+    needed = [set(chunks0)]
+    for _ in range(1, len(shapes)):
+        needed.append({(i // 2, j // 2) for i, j in needed[-1]})
+
+    def build(level: int, index: ChunkIndex) -> np.ndarray | None:
+        if level == 0:
+            block = level0_block(index)
+        else:
+            rows, cols = chunk_window(index, chunk_px, shapes[level])
+            block = np.zeros((rows.stop - rows.start, cols.stop - cols.start), dtype=np.uint32)
+            i, j = index
+            for child in [(2 * i + di, 2 * j + dj) for di in (0, 1) for dj in (0, 1)]:
+                sub = build(level - 1, child) if child in needed[level - 1] else None
+                if sub is None:
+                    continue
+                crows, ccols = chunk_window(child, chunk_px, shapes[level - 1])
+                dr, dc = crows.start % 2, ccols.start % 2  # even rows and columns of the level below
+                part = sub[dr::2, dc::2]
+                r0, c0 = (crows.start + dr) // 2 - rows.start, (ccols.start + dc) // 2 - cols.start
+                block[r0:r0 + part.shape[0], c0:c0 + part.shape[1]] = part
+            if not block.any():
+                return None
+        on_block(level, index, block)
+        return block
+
+    for index in sorted(needed[-1]):
+        build(len(shapes) - 1, index)

@@ -13,6 +13,7 @@ from pathlib import Path
 
 import geopandas as gpd
 import numpy as np
+import shapely
 from PIL import Image, ImageDraw
 
 from ..records import Prompt
@@ -65,9 +66,9 @@ def draw_outlines(image: Image.Image, gdf: gpd.GeoDataFrame, scale: float, color
         if geom is None or geom.is_empty:
             continue
         for ring in _rings(geom):
-            xy = np.asarray(ring.coords)[:, :2] * scale
+            xy = shapely.get_coordinates(ring) * scale
             for part in _dashes(xy, dash_px) if dash_px > 0 else [xy]:
-                draw.line([tuple(p) for p in part], fill=colors.get(cls, default), width=width)
+                draw.line(part.ravel().tolist(), fill=colors.get(cls, default), width=width)  # x0, y0, x1, ...
 
 
 def _dashes(xy: np.ndarray, dash_px: float) -> list[np.ndarray]:
