@@ -325,3 +325,17 @@ def test_actors_module_imports_without_torch():
     code = "import sys, engine.distributed.actors\nprint('TORCH', 'torch' in sys.modules)\n"
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert "TORCH False" in proc.stdout, proc.stdout[-2000:] + proc.stderr[-2000:]
+
+
+def test_saved_model_file_has_the_usual_permissions(tmp_path):
+    """Others on the machine may read a saved model as they may read any new file (the umask)."""
+    import os
+    import stat
+
+    umask = os.umask(0o022)
+    try:
+        path = wsisam.save_wsisam(make_model("vit_test", seed=0), tmp_path / "m.safetensors")
+    finally:
+        os.umask(umask)
+    assert stat.S_IMODE(path.stat().st_mode) == 0o644
+    assert [p.name for p in tmp_path.iterdir()] == ["m.safetensors"]  # no temporary left
