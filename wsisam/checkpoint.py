@@ -179,14 +179,20 @@ def save_wsisam(model: WsiSam, path: str | os.PathLike) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
     meta = {"format": FORMAT_NAME, "format_version": FORMAT_VERSION, "config": json.dumps(model.config.to_dict())}
-    # A new file (not mkstemp's, which is 0600): the model file gets the usual permissions (umask).
     tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex}.tmp")
     try:
         save_file(state, str(tmp), metadata=meta)
+        os.chmod(tmp, 0o666 & ~_umask())  # safetensors writes 0600; a model file is as readable as any new file
         os.replace(tmp, path)
     finally:
         tmp.unlink(missing_ok=True)
     return path
+
+
+def _umask() -> int:
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
 
 
 def read_config(path: str | os.PathLike) -> WsiSamConfig:
