@@ -12,11 +12,12 @@ pipeline, on the same slide and prompts, in one run (optionally a cohort row for
   the last slide after its last batch is shown apart (the tail).
 - In-process path: a fresh interpreter (``python -m engine.bench.e2e_bench SPEC``) that loads the
   same model file and runs :func:`engine.pipeline.segment_slide`; it reports its stage timings.
-- Memory: every ~0.2 s the PSS of the process and all its descendants (psutil) is summed (``Pss``
-  of ``/proc/PID/smaps_rollup``, the figure of psutil's ``memory_full_info().pss``); the peak is
-  reported. In embedded mode Ray's GCS, raylet and
-  workers are descendants of the driver; processes outside the tree whose command line names the
-  run's Ray temp dir are counted as strays (should be 0).
+- Memory: every ~0.2 s (longer when a sample costs more than 1/20 of that, so sampling takes at
+  most about 5% of a core) the PSS of the process and all its descendants (psutil) is summed
+  (``Pss`` of ``/proc/PID/smaps_rollup``, the figure of psutil's ``memory_full_info().pss``); the
+  peak is reported. In embedded mode Ray's GCS, raylet and workers are descendants of the driver;
+  processes outside the tree whose command line names the run's Ray temp dir are counted as
+  strays (should be 0).
 - Cohort row (``--e2e-cohort 2,20``): copies of one small slide with the same prompts, through
   the CLI; peak summed PSS of each run and their ratio.
 
@@ -41,7 +42,8 @@ from .common import BenchOptions, SuiteResult, Timer, cached_slide, fmt, headlin
 
 STITCH_TARGET = 0.10  # label stitching <= 10% of model time (in-process)
 COHORT_TARGET = 0.20  # peak PSS of the large vs the small cohort: within ±20%
-SAMPLE_INTERVAL_S = 0.2
+SAMPLE_INTERVAL_S = 0.2  # or longer: a sample's cost x SAMPLER_CPU_SHARE_INV
+SAMPLER_CPU_SHARE_INV = 20
 _MIB = 2**20
 
 
@@ -107,6 +109,7 @@ class TreeSampler(threading.Thread):
         import psutil
 
         while not self._halt.is_set():
+            t0 = time.perf_counter()
             procs = self.tree()
             total = n = 0
             by_proc = {}
@@ -129,7 +132,9 @@ class TreeSampler(threading.Thread):
                 self._find_strays({p.pid for p in procs})
             if self.watch is not None and self.watch_s is None and self.watch.exists():
                 self.watch_s = time.time() - self.start_unix_s
-            self._halt.wait(self.interval_s)
+            # At most about 5% of a core: reading a big process's smaps_rollup takes the kernel a while
+            # (a run with vit_tiny weights), and the sampler must not slow down what it measures.
+            self._halt.wait(max(self.interval_s, SAMPLER_CPU_SHARE_INV * (time.perf_counter() - t0)))
 
     def _find_strays(self, tree_pids: set[int]) -> None:
         import psutil
