@@ -99,18 +99,31 @@ def _fits(a: _Extent, b: _Extent, usable: float) -> bool:
     return max(a[2], b[2]) - min(a[0], b[0]) <= usable and max(a[3], b[3]) - min(a[1], b[1]) <= usable
 
 
-def _greedy_groups(exts: list[_Extent], usable: float) -> list[list[int]]:
-    """Row greedy on extents sorted by (top, left, id): each unplaced prompt seeds a window that
-    takes, in order, every later unplaced prompt keeping the union inside ``usable``."""
-    tops = [e[1] for e in exts]
-    placed = [False] * len(exts)
+def _greedy_groups(exts: list[_Extent], usable: float, pairs: np.ndarray | None = None,
+                   order: np.ndarray | None = None) -> list[list[int]]:
+    """Row greedy: each unplaced prompt, in ``order`` (default: the given order, sorted by top,
+    left, id), seeds a window that takes, in that order, every later unplaced prompt keeping the
+    union inside ``usable``. Only prompts that fit the seed (``pairs``, from
+    :func:`_compatible_pairs`) are tried."""
+    n = len(exts)
+    if pairs is None:
+        pairs = _compatible_pairs(np.asarray(exts, dtype=np.float64).reshape(n, 4), usable)
+    rank = np.arange(n) if order is None else np.argsort(order)
+    later = np.concatenate([pairs, pairs[:, ::-1]])  # (seed, candidate), candidates after the seed
+    later = later[rank[later[:, 1]] > rank[later[:, 0]]]
+    later = later[np.lexsort((rank[later[:, 1]], rank[later[:, 0]]))]
+    starts = np.searchsorted(rank[later[:, 0]], np.arange(n + 1)).tolist()
+    cand = later[:, 1].tolist()
+    placed = [False] * n
     groups = []
-    for i, union in enumerate(exts):
+    for i in (range(n) if order is None else order.tolist()):
         if placed[i]:
             continue
         members = [i]
         placed[i] = True
-        for j in range(i + 1, bisect.bisect_right(tops, union[1] + usable)):
+        union = exts[i]
+        r = int(rank[i])
+        for j in cand[starts[r]:starts[r + 1]]:
             if not placed[j] and _fits(union, exts[j], usable):
                 x0, y0, x1, y1 = exts[j]
                 union = (min(union[0], x0), min(union[1], y0), max(union[2], x1), max(union[3], y1))
