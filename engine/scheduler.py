@@ -22,7 +22,6 @@ Rules (all deterministic: the same prompts and settings give the same windows):
 """
 from __future__ import annotations
 
-import bisect
 import math
 from dataclasses import dataclass
 
@@ -218,20 +217,137 @@ def _exact_groups(ext: np.ndarray, usable: float) -> list[list[int]] | None:
     return groups
 
 
+def _greedy_orders(ext: np.ndarray) -> list[np.ndarray]:
+    """Orders for the row greedy: by (top, left), (bottom, left) going up, (left, top) and
+    (right, top) going left; ties by index (so by id)."""
+    x0, y0, x1, y1 = ext.T
+    idx = np.arange(len(ext))
+    return [idx, np.lexsort((idx, x0, -y1)), np.lexsort((idx, y0, x0)), np.lexsort((idx, y0, -x1))]
+
+
+def _union(ext_list: list[_Extent], members) -> _Extent:
+    return (min(ext_list[m][0] for m in members), min(ext_list[m][1] for m in members),
+            max(ext_list[m][2] for m in members), max(ext_list[m][3] for m in members))
+
+
+def _grow(box: _Extent, e: _Extent) -> _Extent:
+    return min(box[0], e[0]), min(box[1], e[1]), max(box[2], e[2]), max(box[3], e[3])
+
+
+def _empty_windows(exts: list[_Extent], groups: list[list[int]], usable: float,
+                   max_passes: int = 3) -> list[list[int]]:
+    """Local search: a window is dropped when each of its prompts moves into another window
+    (the one whose union grows least), or into one that hands one of its own prompts to a third.
+    Windows are tried smallest first (then by first prompt); at most ``max_passes`` sweeps."""
+    mem = {g: list(m) for g, m in enumerate(groups)}
+    box = {g: _union(exts, m) for g, m in mem.items()}
+    grid: dict[tuple[int, int], set[int]] = {}
+
+    def cell(b: _Extent) -> tuple[int, int]:
+        return int(b[0] // usable), int(b[1] // usable)
+
+    def place(g: int, b: _Extent | None) -> None:
+        if g in box:
+            grid[cell(box[g])].discard(g)
+        if b is None:
+            box.pop(g, None)
+        else:
+            box[g] = b
+            grid.setdefault(cell(b), set()).add(g)
+
+    for g, b in list(box.items()):
+        grid.setdefault(cell(b), set()).add(g)
+
+    def near(q: int, skip: tuple[int, ...]) -> list[int]:
+        e = exts[q]  # a window that can take q has its union's left in [x1 - usable, x0]
+        found = [g for cx in range(int((e[2] - usable) // usable), int(e[0] // usable) + 1)
+                 for cy in range(int((e[3] - usable) // usable), int(e[1] // usable) + 1)
+                 for g in grid.get((cx, cy), ())]
+        return sorted(g for g in found if g not in skip)
+
+    def fits(b: _Extent) -> bool:
+        return b[2] - b[0] <= usable and b[3] - b[1] <= usable
+
+    def move(q: int, w: int) -> list[tuple[int, list[int], _Extent]] | None:
+        """Put q into a window other than w; the changes as (window, old members, old box)."""
+        best = None
+        for v in near(q, (w,)):
+            nb = _grow(box[v], exts[q])
+            if fits(nb):
+                key = ((nb[2] - nb[0]) * (nb[3] - nb[1]) - (box[v][2] - box[v][0]) * (box[v][3] - box[v][1]), v)
+                if best is None or key < best[0]:
+                    best = (key, v, nb)
+        if best is not None:
+            _, v, nb = best
+            undo = [(v, mem[v], box[v])]
+            mem[v] = mem[v] + [q]
+            place(v, nb)
+            return undo
+        for v in near(q, (w,)):  # eject one prompt r of v into a third window t
+            clash = [m for m in mem[v] if not _fits(exts[m], exts[q], usable)]
+            for r in (clash if clash else mem[v]) if len(clash) < 2 else ():
+                rest = [m for m in mem[v] if m != r] + [q]
+                nb = _union(exts, rest)
+                if not fits(nb):
+                    continue
+                for t in near(r, (w, v)):
+                    tb = _grow(box[t], exts[r])
+                    if fits(tb):
+                        undo = [(v, mem[v], box[v]), (t, mem[t], box[t])]
+                        mem[v], mem[t] = rest, mem[t] + [r]
+                        place(v, nb)
+                        place(t, tb)
+                        return undo
+        return None
+
+    for _ in range(max_passes):
+        dropped = False
+        for w in sorted(mem, key=lambda g: (len(mem[g]), min(mem[g]))):
+            undo: list[tuple[int, list[int], _Extent]] = []
+            for q in mem[w]:
+                changes = move(q, w)
+                if changes is None:
+                    break
+                undo += changes
+            else:
+                place(w, None)
+                del mem[w]
+                dropped = True
+                continue
+            for g, m, b in reversed(undo):
+                mem[g] = m
+                place(g, b)
+        if not dropped:
+            break
+    return list(mem.values())
+
+
 def _pack_level(exts: list[_Extent], usable: float) -> list[list[int]]:
-    """Groups of indices into ``exts`` (sorted by top, left, id): the row greedy, with every
-    small cluster it packs into more windows than a lower bound re-packed exactly when that
-    gives fewer windows."""
-    groups = _greedy_groups(exts, usable)
-    if len(groups) == 1:
-        return groups
+    """Groups of indices into ``exts`` (sorted by top, left, id): per cluster the best of the row
+    greedy in four orders, then windows emptied by local search, then every small cluster still
+    packed into more windows than a lower bound re-packed exactly when that gives fewer windows."""
+    if len(exts) < 2:
+        return [list(range(len(exts)))]
     ext = np.asarray(exts, dtype=np.float64)
     pairs = _compatible_pairs(ext, usable)
+    clusters = _clusters(len(exts), pairs)
+    cluster_of = np.empty(len(exts), dtype=np.intp)
+    for c, members in enumerate(clusters):
+        cluster_of[members] = c
+    best: dict[int, list[list[int]]] = {}
+    for order in _greedy_orders(ext):
+        mine: dict[int, list[list[int]]] = {}
+        for g in _greedy_groups(exts, usable, pairs, order):
+            mine.setdefault(int(cluster_of[g[0]]), []).append(g)
+        for c, gs in mine.items():
+            if c not in best or len(gs) < len(best[c]):
+                best[c] = gs
+    groups = _empty_windows(exts, [g for c in sorted(best) for g in best[c]], usable)
     group_of = np.empty(len(exts), dtype=np.intp)
     for g, members in enumerate(groups):
         group_of[members] = g
     out: list[list[int]] = []
-    for cluster in _clusters(len(exts), pairs):
+    for cluster in clusters:
         mine = [groups[g] for g in dict.fromkeys(group_of[cluster].tolist())]
         if len(mine) > 1 and len(cluster) <= EXACT_MAX_PROMPTS:
             if _independent_count(len(cluster), _pairs_within(pairs, cluster, len(exts))) < len(mine):
