@@ -10,13 +10,16 @@ Rules (all deterministic: the same prompts and settings give the same windows):
   and so on.
 - Packing: within a level, prompts sorted by (top, left, id) seed windows in turn; each window
   takes, in the same order, every still-unplaced prompt whose extent keeps the union of extents
-  (plus context) inside one HR patch (the row greedy). Then each cluster of prompts that can share
-  windows (connected through pairs that fit one window together) of at most
-  ``EXACT_MAX_PROMPTS`` prompts, which the greedy packed into more windows than a lower bound, is
-  re-packed by a small exact set cover (HiGHS, capped in branch-and-bound nodes, not time) when
-  that gives fewer windows: never more windows than the row greedy. A window is centred on the
-  union of its prompts' extents. Every prompt lands in exactly one window; encoder passes per
-  prompt = 2 x windows / prompts.
+  (plus context) inside one HR patch (the row greedy). The greedy also runs bottom-up, left-to-right
+  by columns and right-to-left; each cluster of prompts that can share windows (connected through
+  pairs that fit one window together) keeps the order that packs it into fewest windows (ties: the
+  first). A local search then empties windows whose prompts all move into other windows (one
+  prompt of such a window may be handed on to a third). Then each cluster of at most
+  ``EXACT_MAX_PROMPTS`` prompts still packed into more windows than a lower bound is re-packed by
+  a small exact set cover (HiGHS, capped in branch-and-bound nodes, not time) when that gives
+  fewer windows: never more windows than the row greedy. A window is centred on the union of its
+  prompts' extents. Every prompt lands in exactly one window; encoder passes per prompt =
+  2 x windows / prompts.
 - A mask cut by its window is completed afterwards (``engine.completion``), which may send its
   prompt to a coarser window packed by :func:`pack_level`; those windows add to the count.
 """
@@ -91,6 +94,7 @@ def prompt_level(extent: tuple[float, float, float, float], cfg: ScheduleConfig,
 
 _Extent = tuple[float, float, float, float]
 EXACT_MAX_PROMPTS = 40  # clusters up to this size are packed by a small exact solve
+EJECT_DEPTH = 1  # local search: how many prompts in a row may be handed on to place one
 _EXACT_NODE_LIMIT = 200  # branch-and-bound nodes per exact solve (a work cap, not a time cap: deterministic)
 
 
@@ -268,10 +272,11 @@ def _empty_windows(exts: list[_Extent], groups: list[list[int]], usable: float,
     def fits(b: _Extent) -> bool:
         return b[2] - b[0] <= usable and b[3] - b[1] <= usable
 
-    def move(q: int, w: int) -> list[tuple[int, list[int], _Extent]] | None:
-        """Put q into a window other than w; the changes as (window, old members, old box)."""
+    def move(q: int, skip: tuple[int, ...], depth: int) -> list[tuple[int, list[int], _Extent]] | None:
+        """Put q into a window not in ``skip``, directly or by handing on one of that window's
+        prompts (up to ``depth`` times); the changes as (window, old members, old box)."""
         best = None
-        for v in near(q, (w,)):
+        for v in near(q, skip):
             nb = _grow(box[v], exts[q])
             if fits(nb):
                 key = ((nb[2] - nb[0]) * (nb[3] - nb[1]) - (box[v][2] - box[v][0]) * (box[v][3] - box[v][1]), v)
@@ -283,21 +288,23 @@ def _empty_windows(exts: list[_Extent], groups: list[list[int]], usable: float,
             mem[v] = mem[v] + [q]
             place(v, nb)
             return undo
-        for v in near(q, (w,)):  # eject one prompt r of v into a third window t
+        if depth == 0:
+            return None
+        for v in near(q, skip):
             clash = [m for m in mem[v] if not _fits(exts[m], exts[q], usable)]
             for r in (clash if clash else mem[v]) if len(clash) < 2 else ():
                 rest = [m for m in mem[v] if m != r] + [q]
                 nb = _union(exts, rest)
                 if not fits(nb):
                     continue
-                for t in near(r, (w, v)):
-                    tb = _grow(box[t], exts[r])
-                    if fits(tb):
-                        undo = [(v, mem[v], box[v]), (t, mem[t], box[t])]
-                        mem[v], mem[t] = rest, mem[t] + [r]
-                        place(v, nb)
-                        place(t, tb)
-                        return undo
+                undo = [(v, mem[v], box[v])]
+                mem[v] = rest
+                place(v, nb)
+                more = move(r, skip + (v,), depth - 1)
+                if more is not None:
+                    return undo + more
+                mem[v] = undo[0][1]
+                place(v, undo[0][2])
         return None
 
     for _ in range(max_passes):
@@ -305,7 +312,7 @@ def _empty_windows(exts: list[_Extent], groups: list[list[int]], usable: float,
         for w in sorted(mem, key=lambda g: (len(mem[g]), min(mem[g]))):
             undo: list[tuple[int, list[int], _Extent]] = []
             for q in mem[w]:
-                changes = move(q, w)
+                changes = move(q, (w,), EJECT_DEPTH)
                 if changes is None:
                     break
                 undo += changes
