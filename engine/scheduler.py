@@ -334,7 +334,7 @@ def _pack_level(exts: list[_Extent], usable: float) -> list[list[int]]:
     greedy in four orders, then windows emptied by local search, then every small cluster still
     packed into more windows than a lower bound re-packed exactly when that gives fewer windows."""
     if len(exts) < 2:
-        return [list(range(len(exts)))]
+        return [[0]] if exts else []
     ext = np.asarray(exts, dtype=np.float64)
     pairs = _compatible_pairs(ext, usable)
     clusters = _clusters(len(exts), pairs)
