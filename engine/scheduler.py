@@ -10,16 +10,13 @@ Rules (all deterministic: the same prompts and settings give the same windows):
   and so on.
 - Packing: within a level, prompts sorted by (top, left, id) seed windows in turn; each window
   takes, in the same order, every still-unplaced prompt whose extent keeps the union of extents
-  (plus context) inside one HR patch (the row greedy). The greedy also runs bottom-up, left-to-right
-  by columns and right-to-left; each cluster of prompts that can share windows (connected through
-  pairs that fit one window together) keeps the order that packs it into fewest windows (ties: the
-  first). A local search then empties windows whose prompts all move into other windows (one
-  prompt of such a window may be handed on to a third). Then each cluster of at most
-  ``EXACT_MAX_PROMPTS`` prompts still packed into more windows than a lower bound is re-packed by
-  a small exact set cover (HiGHS, capped in branch-and-bound nodes, not time) when that gives
-  fewer windows: never more windows than the row greedy. A window is centred on the union of its
-  prompts' extents. Every prompt lands in exactly one window; encoder passes per prompt =
-  2 x windows / prompts.
+  (plus context) inside one HR patch (the row greedy). Then each cluster of prompts that can share
+  windows (connected through pairs that fit one window together) of at most
+  ``EXACT_MAX_PROMPTS`` prompts, which the greedy packed into more windows than a lower bound, is
+  re-packed by a small exact set cover (HiGHS, capped in branch-and-bound nodes, not time) when
+  that gives fewer windows: never more windows than the row greedy. A window is centred on the
+  union of its prompts' extents. Every prompt lands in exactly one window; encoder passes per
+  prompt = 2 x windows / prompts.
 - A mask cut by its window is completed afterwards (``engine.completion``), which may send its
   prompt to a coarser window packed by :func:`pack_level`; those windows add to the count.
 """
@@ -94,7 +91,6 @@ def prompt_level(extent: tuple[float, float, float, float], cfg: ScheduleConfig,
 
 _Extent = tuple[float, float, float, float]
 EXACT_MAX_PROMPTS = 40  # clusters up to this size are packed by a small exact solve
-EJECT_DEPTH = 1  # local search: how many prompts in a row may be handed on to place one
 _EXACT_NODE_LIMIT = 200  # branch-and-bound nodes per exact solve (a work cap, not a time cap: deterministic)
 
 
@@ -102,31 +98,23 @@ def _fits(a: _Extent, b: _Extent, usable: float) -> bool:
     return max(a[2], b[2]) - min(a[0], b[0]) <= usable and max(a[3], b[3]) - min(a[1], b[1]) <= usable
 
 
-def _greedy_groups(exts: list[_Extent], usable: float, pairs: np.ndarray | None = None,
-                   order: np.ndarray | None = None) -> list[list[int]]:
-    """Row greedy: each unplaced prompt, in ``order`` (default: the given order, sorted by top,
-    left, id), seeds a window that takes, in that order, every later unplaced prompt keeping the
-    union inside ``usable``. Only prompts that fit the seed (``pairs``, from
-    :func:`_compatible_pairs`) are tried."""
+def _greedy_groups(exts: list[_Extent], usable: float, pairs: np.ndarray | None = None) -> list[list[int]]:
+    """Row greedy on extents sorted by (top, left, id): each unplaced prompt seeds a window that
+    takes, in order, every later unplaced prompt keeping the union inside ``usable``. Only prompts
+    that fit the seed (``pairs``, from :func:`_compatible_pairs`) are tried."""
     n = len(exts)
     if pairs is None:
         pairs = _compatible_pairs(np.asarray(exts, dtype=np.float64).reshape(n, 4), usable)
-    rank = np.arange(n) if order is None else np.argsort(order)
-    later = np.concatenate([pairs, pairs[:, ::-1]])  # (seed, candidate), candidates after the seed
-    later = later[rank[later[:, 1]] > rank[later[:, 0]]]
-    later = later[np.lexsort((rank[later[:, 1]], rank[later[:, 0]]))]
-    starts = np.searchsorted(rank[later[:, 0]], np.arange(n + 1)).tolist()
-    cand = later[:, 1].tolist()
+    starts = np.searchsorted(pairs[:, 0], np.arange(n + 1)).tolist()  # pairs are sorted (i, then j)
+    later = pairs[:, 1].tolist()
     placed = [False] * n
     groups = []
-    for i in (range(n) if order is None else order.tolist()):
+    for i, union in enumerate(exts):
         if placed[i]:
             continue
         members = [i]
         placed[i] = True
-        union = exts[i]
-        r = int(rank[i])
-        for j in cand[starts[r]:starts[r + 1]]:
+        for j in later[starts[i]:starts[i + 1]]:
             if not placed[j] and _fits(union, exts[j], usable):
                 x0, y0, x1, y1 = exts[j]
                 union = (min(union[0], x0), min(union[1], y0), max(union[2], x1), max(union[3], y1))
@@ -221,140 +209,20 @@ def _exact_groups(ext: np.ndarray, usable: float) -> list[list[int]] | None:
     return groups
 
 
-def _greedy_orders(ext: np.ndarray) -> list[np.ndarray]:
-    """Orders for the row greedy: by (top, left), (bottom, left) going up, (left, top) and
-    (right, top) going left; ties by index (so by id)."""
-    x0, y0, x1, y1 = ext.T
-    idx = np.arange(len(ext))
-    return [idx, np.lexsort((idx, x0, -y1)), np.lexsort((idx, y0, x0)), np.lexsort((idx, y0, -x1))]
-
-
-def _union(ext_list: list[_Extent], members) -> _Extent:
-    return (min(ext_list[m][0] for m in members), min(ext_list[m][1] for m in members),
-            max(ext_list[m][2] for m in members), max(ext_list[m][3] for m in members))
-
-
-def _grow(box: _Extent, e: _Extent) -> _Extent:
-    return min(box[0], e[0]), min(box[1], e[1]), max(box[2], e[2]), max(box[3], e[3])
-
-
-def _empty_windows(exts: list[_Extent], groups: list[list[int]], usable: float,
-                   max_passes: int = 3) -> list[list[int]]:
-    """Local search: a window is dropped when each of its prompts moves into another window
-    (the one whose union grows least), or into one that hands one of its own prompts to a third.
-    Windows are tried smallest first (then by first prompt); at most ``max_passes`` sweeps."""
-    mem = {g: list(m) for g, m in enumerate(groups)}
-    box = {g: _union(exts, m) for g, m in mem.items()}
-    grid: dict[tuple[int, int], set[int]] = {}
-
-    def cell(b: _Extent) -> tuple[int, int]:
-        return int(b[0] // usable), int(b[1] // usable)
-
-    def place(g: int, b: _Extent | None) -> None:
-        if g in box:
-            grid[cell(box[g])].discard(g)
-        if b is None:
-            box.pop(g, None)
-        else:
-            box[g] = b
-            grid.setdefault(cell(b), set()).add(g)
-
-    for g, b in list(box.items()):
-        grid.setdefault(cell(b), set()).add(g)
-
-    def near(q: int, skip: tuple[int, ...]) -> list[int]:
-        e = exts[q]  # a window that can take q has its union's left in [x1 - usable, x0]
-        found = [g for cx in range(int((e[2] - usable) // usable), int(e[0] // usable) + 1)
-                 for cy in range(int((e[3] - usable) // usable), int(e[1] // usable) + 1)
-                 for g in grid.get((cx, cy), ())]
-        return sorted(g for g in found if g not in skip)
-
-    def fits(b: _Extent) -> bool:
-        return b[2] - b[0] <= usable and b[3] - b[1] <= usable
-
-    def move(q: int, skip: tuple[int, ...], depth: int) -> list[tuple[int, list[int], _Extent]] | None:
-        """Put q into a window not in ``skip``, directly or by handing on one of that window's
-        prompts (up to ``depth`` times); the changes as (window, old members, old box)."""
-        best = None
-        for v in near(q, skip):
-            nb = _grow(box[v], exts[q])
-            if fits(nb):
-                key = ((nb[2] - nb[0]) * (nb[3] - nb[1]) - (box[v][2] - box[v][0]) * (box[v][3] - box[v][1]), v)
-                if best is None or key < best[0]:
-                    best = (key, v, nb)
-        if best is not None:
-            _, v, nb = best
-            undo = [(v, mem[v], box[v])]
-            mem[v] = mem[v] + [q]
-            place(v, nb)
-            return undo
-        if depth == 0:
-            return None
-        for v in near(q, skip):
-            clash = [m for m in mem[v] if not _fits(exts[m], exts[q], usable)]
-            for r in (clash if clash else mem[v]) if len(clash) < 2 else ():
-                rest = [m for m in mem[v] if m != r] + [q]
-                nb = _union(exts, rest)
-                if not fits(nb):
-                    continue
-                undo = [(v, mem[v], box[v])]
-                mem[v] = rest
-                place(v, nb)
-                more = move(r, skip + (v,), depth - 1)
-                if more is not None:
-                    return undo + more
-                mem[v] = undo[0][1]
-                place(v, undo[0][2])
-        return None
-
-    for _ in range(max_passes):
-        dropped = False
-        for w in sorted(mem, key=lambda g: (len(mem[g]), min(mem[g]))):
-            undo: list[tuple[int, list[int], _Extent]] = []
-            for q in mem[w]:
-                changes = move(q, (w,), EJECT_DEPTH)
-                if changes is None:
-                    break
-                undo += changes
-            else:
-                place(w, None)
-                del mem[w]
-                dropped = True
-                continue
-            for g, m, b in reversed(undo):
-                mem[g] = m
-                place(g, b)
-        if not dropped:
-            break
-    return list(mem.values())
-
-
 def _pack_level(exts: list[_Extent], usable: float) -> list[list[int]]:
-    """Groups of indices into ``exts`` (sorted by top, left, id): per cluster the best of the row
-    greedy in four orders, then windows emptied by local search, then every small cluster still
-    packed into more windows than a lower bound re-packed exactly when that gives fewer windows."""
+    """Groups of indices into ``exts`` (sorted by top, left, id): the row greedy, with every
+    small cluster it packs into more windows than a lower bound re-packed exactly when that
+    gives fewer windows."""
     if len(exts) < 2:
         return [[0]] if exts else []
     ext = np.asarray(exts, dtype=np.float64)
     pairs = _compatible_pairs(ext, usable)
-    clusters = _clusters(len(exts), pairs)
-    cluster_of = np.empty(len(exts), dtype=np.intp)
-    for c, members in enumerate(clusters):
-        cluster_of[members] = c
-    best: dict[int, list[list[int]]] = {}
-    for order in _greedy_orders(ext):
-        mine: dict[int, list[list[int]]] = {}
-        for g in _greedy_groups(exts, usable, pairs, order):
-            mine.setdefault(int(cluster_of[g[0]]), []).append(g)
-        for c, gs in mine.items():
-            if c not in best or len(gs) < len(best[c]):
-                best[c] = gs
-    groups = _empty_windows(exts, [g for c in sorted(best) for g in best[c]], usable)
+    groups = _greedy_groups(exts, usable, pairs)
     group_of = np.empty(len(exts), dtype=np.intp)
     for g, members in enumerate(groups):
         group_of[members] = g
     out: list[list[int]] = []
-    for cluster in clusters:
+    for cluster in _clusters(len(exts), pairs):
         mine = [groups[g] for g in dict.fromkeys(group_of[cluster].tolist())]
         if len(mine) > 1 and len(cluster) <= EXACT_MAX_PROMPTS:
             if _independent_count(len(cluster), _pairs_within(pairs, cluster, len(exts))) < len(mine):
