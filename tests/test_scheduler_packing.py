@@ -1,7 +1,12 @@
-"""Window packing: deterministic and free of prompt order, and a lower
-bound that is never above the true optimum (brute force on tiny cases). No slides, no Ray."""
+"""Window packing: deterministic and free of prompt order, a lower bound that is never above the
+true optimum (brute force on tiny cases), and ``exact_packing`` that finds that optimum and never
+uses more windows than the default row greedy. No slides, no Ray."""
+from dataclasses import replace
+
 import numpy as np
 import pytest
+
+import engine.scheduler
 
 from engine.bench.common import SLIDE_MPP, schedule_for
 from engine.records import Prompt
@@ -70,3 +75,38 @@ def test_layout_packing_is_deterministic_and_free_of_prompt_order():
     shuffled = [prompts[i] for i in np.random.default_rng(1).permutation(len(prompts))]
     assert schedule_windows("layout", shuffled, SLIDE_MPP, LAYOUT_CFG) == first
     assert schedule_windows("layout", prompts, SLIDE_MPP, LAYOUT_CFG) == first
+
+
+def test_exact_packing_finds_the_brute_force_optimum(monkeypatch):
+    monkeypatch.setattr(engine.scheduler, "EXACT_MAX_PROMPTS", 0)  # default: the row greedy alone
+    exact_cfg, greedy_above = replace(CFG, exact_packing=True), 0
+    for seed in range(40):
+        prompts = random_prompts(seed, n=11, spread_px=700.0)
+        windows = schedule_windows("s", prompts, MPP, exact_cfg)
+        check_rules(prompts, windows)
+        optimum = fewest_windows(prompts, CFG, MPP)
+        assert len(windows) == optimum, seed
+        greedy_above += len(schedule_windows("s", prompts, MPP, CFG)) > optimum
+    assert greedy_above >= 2  # cases where the greedy alone needs more windows
+
+
+def test_exact_packing_reaches_the_bound_on_layouts_and_never_loses_to_the_greedy():
+    exact_cfg = replace(LAYOUT_CFG, exact_packing=True)
+    exact = greedy = 0
+    for seed in range(6):  # six 5 mm layouts of 130 objects: about one big cluster each
+        prompts = layout_prompts(10_000, 130, seed)
+        w = schedule_windows("layout", prompts, SLIDE_MPP, exact_cfg)
+        assert sorted(i for x in w for i in x.prompt_ids) == list(range(len(prompts)))
+        assert len(w) == windows_lower_bound(prompts, SLIDE_MPP, LAYOUT_CFG)  # so the fewest possible
+        assert len(w) <= len(schedule_windows("layout", prompts, SLIDE_MPP, LAYOUT_CFG))
+        exact, greedy = exact + len(w), greedy + row_greedy_windows(prompts, LAYOUT_CFG)
+    assert exact <= greedy - 8  # 140 vs 151 windows
+
+
+def test_exact_packing_is_deterministic_and_free_of_prompt_order():
+    exact_cfg = replace(LAYOUT_CFG, exact_packing=True)
+    prompts = layout_prompts(10_000, 130, 1)
+    first = schedule_windows("layout", prompts, SLIDE_MPP, exact_cfg)
+    shuffled = [prompts[i] for i in np.random.default_rng(2).permutation(len(prompts))]
+    assert schedule_windows("layout", shuffled, SLIDE_MPP, exact_cfg) == first
+    assert schedule_windows("layout", prompts, SLIDE_MPP, exact_cfg) == first
