@@ -39,8 +39,9 @@ def add_parser(sub, name: str) -> None:
     r.add_argument("--no-completion", action="store_true",
                    help="leave masks cut by their window as they are (no LR completion, no coarser pair)")
     r.add_argument("--exact-packing", action="store_true",
-                   help="pack prompts into the fewest windows by exact set cover (HiGHS): about 9%% fewer windows "
-                        "on dense layouts, seconds of planning per 500 clustered prompts (default: row greedy)")
+                   help="pack prompts into the fewest windows by exact set cover (HiGHS): on a dense 500-object "
+                        "layout 79 windows instead of 87 for ~3 s of planning; minutes for 10,000 prompts that "
+                        "form one cluster (default: row greedy, under a second)")
     r.add_argument("--slide-mpp", type=float, default=None, help="level-0 µm/px for slides without one")
     r.add_argument("--ngff", choices=["0.4", "0.5"], default="0.5", help="0.4 (zarr v2) for QuPath/tiatoolbox")
     r.add_argument("--min-area-um2", type=float, default=10.0, help="drop polygons smaller than this")
