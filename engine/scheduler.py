@@ -12,24 +12,27 @@ Rules (all deterministic: the same prompts and settings give the same windows):
   takes, in the same order, every still-unplaced prompt whose extent keeps the union of extents
   (plus context) inside one HR patch (the row greedy). Then each cluster of prompts that can share
   windows (connected through pairs that fit one window together) of at most
-  ``EXACT_MAX_PROMPTS`` prompts, which the greedy packed into more windows than a lower bound, is
-  re-packed by a small exact set cover (HiGHS, capped in branch-and-bound nodes, not time) when
-  that gives fewer windows: never more windows than the row greedy. A window is centred on the
-  union of its prompts' extents. Every prompt lands in exactly one window; encoder passes per
-  prompt = 2 x windows / prompts.
+  ``EXACT_MAX_PROMPTS`` prompts (every cluster with ``exact_packing``), which the greedy packed
+  into more windows than a lower bound, is re-packed by an exact set cover (HiGHS, capped in
+  branch-and-bound nodes, not time) when that gives fewer windows: never more windows than the
+  row greedy. A window is centred on the union of its prompts' extents. Every prompt lands in
+  exactly one window; encoder passes per prompt = 2 x windows / prompts.
 - A mask cut by its window is completed afterwards (``engine.completion``), which may send its
   prompt to a coarser window packed by :func:`pack_level`; those windows add to the count.
 """
 from __future__ import annotations
 
-import bisect
 import math
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from .geometry import PatchPair, concentric_pair
 from .records import Prompt
+
+if TYPE_CHECKING:
+    from scipy.sparse import csc_matrix
 
 
 @dataclass(frozen=True)
@@ -41,6 +44,7 @@ class ScheduleConfig:
     points_extent_um: float = 256.0  # assumed object size for points-only prompts
     max_level: int = 8  # coarsest level: hr_mpp * 2**max_level
     complete_cut_objects: bool = True  # masks cut by their window: LR mask, then coarser pairs (completion.py)
+    exact_packing: bool = False  # every cluster packed by exact set cover: fewer windows, slower planning
 
     def __post_init__(self) -> None:
         for name in ("hr_mpp", "lr_mpp", "points_extent_um"):
@@ -99,18 +103,23 @@ def _fits(a: _Extent, b: _Extent, usable: float) -> bool:
     return max(a[2], b[2]) - min(a[0], b[0]) <= usable and max(a[3], b[3]) - min(a[1], b[1]) <= usable
 
 
-def _greedy_groups(exts: list[_Extent], usable: float) -> list[list[int]]:
+def _greedy_groups(exts: list[_Extent], usable: float, pairs: np.ndarray | None = None) -> list[list[int]]:
     """Row greedy on extents sorted by (top, left, id): each unplaced prompt seeds a window that
-    takes, in order, every later unplaced prompt keeping the union inside ``usable``."""
-    tops = [e[1] for e in exts]
-    placed = [False] * len(exts)
+    takes, in order, every later unplaced prompt keeping the union inside ``usable``. Only prompts
+    that fit the seed (``pairs``, from :func:`_compatible_pairs`) are tried."""
+    n = len(exts)
+    if pairs is None:
+        pairs = _compatible_pairs(np.asarray(exts, dtype=np.float64).reshape(n, 4), usable)
+    starts = np.searchsorted(pairs[:, 0], np.arange(n + 1)).tolist()  # pairs are sorted (i, then j)
+    later = pairs[:, 1].tolist()
+    placed = [False] * n
     groups = []
     for i, union in enumerate(exts):
         if placed[i]:
             continue
         members = [i]
         placed[i] = True
-        for j in range(i + 1, bisect.bisect_right(tops, union[1] + usable)):
+        for j in later[starts[i]:starts[i + 1]]:
             if not placed[j] and _fits(union, exts[j], usable):
                 x0, y0, x1, y1 = exts[j]
                 union = (min(union[0], x0), min(union[1], y0), max(union[2], x1), max(union[3], y1))
@@ -154,15 +163,29 @@ def _pairs_within(pairs: np.ndarray, cluster: np.ndarray, n: int) -> np.ndarray:
     return local[pairs[np.isin(pairs[:, 0], cluster)]]
 
 
-def _clique_columns(ext: np.ndarray, usable: float) -> np.ndarray:
-    """(m, k) boolean: every maximal set of prompts that fits one window is a row (plus some
-    non-maximal ones). A window whose union starts at prompt a's left and prompt b's top holds
-    exactly the prompts right of a and below b that end within ``usable`` of those edges."""
+def _clique_columns(ext: np.ndarray, usable: float, pairs: np.ndarray) -> csc_matrix:
+    """(k, m) 0/1 matrix, prompts x candidate windows: every maximal set of prompts that fits one
+    window is a column (plus some non-maximal ones). A window whose union starts at prompt a's left
+    and prompt b's top holds exactly the prompts right of a and below b that end within
+    ``usable`` (level-0 px) of those edges; they all fit a window with a, so only a's compatible
+    prompts (``pairs``, renumbered to ``ext``) are tried."""
+    from scipy.sparse import csc_matrix
+
     x0, y0, x1, y1 = ext.T
-    in_x = (x0[None, :] >= x0[:, None]) & (x1[None, :] - x0[:, None] <= usable)
-    in_y = (y0[None, :] >= y0[:, None]) & (y1[None, :] - y0[:, None] <= usable)
-    a, b = np.nonzero(in_x & in_y.T)  # a and b both inside the window
-    return np.unique(in_x[a] & in_y[b], axis=0)
+    near: list[list[int]] = [[i] for i in range(len(ext))]
+    for i, j in pairs.tolist():
+        near[i].append(j)
+        near[j].append(i)
+    windows = set()
+    for a in range(len(ext)):
+        n = np.sort(near[a])
+        in_x = (x0[n] >= x0[a]) & (x1[n] - x0[a] <= usable)
+        in_y = (y0[n][None, :] >= y0[n][:, None]) & (y1[n][None, :] - y0[n][:, None] <= usable)  # [b, j]
+        for row in in_y[in_x & in_y[:, np.searchsorted(n, a)]] & in_x:  # b inside, a below b's top
+            windows.add(tuple(n[row].tolist()))
+    cols = sorted(windows)
+    indptr = np.cumsum([0] + [len(c) for c in cols])
+    return csc_matrix((np.ones(indptr[-1]), np.concatenate(cols), indptr), shape=(len(ext), len(cols)))
 
 
 def _independent_count(k: int, pairs: np.ndarray) -> int:
@@ -183,46 +206,48 @@ def _independent_count(k: int, pairs: np.ndarray) -> int:
     return count
 
 
-def _exact_groups(ext: np.ndarray, usable: float) -> list[list[int]] | None:
-    """Fewest windows for a small cluster (set cover over its windows, HiGHS with a node cap);
-    None when the solver stops without a solution."""
+def _exact_groups(ext: np.ndarray, usable: float, pairs: np.ndarray) -> list[list[int]] | None:
+    """Fewest windows for a cluster (set cover over :func:`_clique_columns`, HiGHS capped at
+    ``_EXACT_NODE_LIMIT`` nodes: its best packing found, not always proven the fewest); None when
+    the solver stops without one."""
     from scipy.optimize import Bounds, LinearConstraint, milp
-    from scipy.sparse import csr_matrix
 
-    cols = _clique_columns(ext, usable)
-    m = len(cols)
-    res = milp(np.ones(m), constraints=LinearConstraint(csr_matrix(cols.T.astype(np.float64)), lb=1),
-               integrality=np.ones(m), bounds=Bounds(0, 1), options={"node_limit": _EXACT_NODE_LIMIT})
+    cols = _clique_columns(ext, usable, pairs)
+    m = cols.shape[1]
+    res = milp(np.ones(m), constraints=LinearConstraint(cols, lb=1), integrality=np.ones(m), bounds=Bounds(0, 1),
+               options={"node_limit": _EXACT_NODE_LIMIT})
     if res.x is None:
         return None
     left = np.ones(len(ext), dtype=bool)
     groups = []
     for c in np.flatnonzero(res.x > 0.5):
-        members = np.flatnonzero(cols[c] & left)
+        members = cols.indices[cols.indptr[c]:cols.indptr[c + 1]]
+        members = members[left[members]]
         if len(members):
             left[members] = False
             groups.append(members.tolist())
     return groups
 
 
-def _pack_level(exts: list[_Extent], usable: float) -> list[list[int]]:
+def _pack_level(exts: list[_Extent], usable: float, exact_all: bool = False) -> list[list[int]]:
     """Groups of indices into ``exts`` (sorted by top, left, id): the row greedy, with every
-    small cluster it packs into more windows than a lower bound re-packed exactly when that
-    gives fewer windows."""
-    groups = _greedy_groups(exts, usable)
-    if len(groups) == 1:
-        return groups
+    small cluster (every cluster if ``exact_all``) it packs into more windows than a lower bound
+    re-packed exactly when that gives fewer windows."""
+    if len(exts) < 2:
+        return [[0]] if exts else []
     ext = np.asarray(exts, dtype=np.float64)
     pairs = _compatible_pairs(ext, usable)
+    groups = _greedy_groups(exts, usable, pairs)
     group_of = np.empty(len(exts), dtype=np.intp)
     for g, members in enumerate(groups):
         group_of[members] = g
     out: list[list[int]] = []
     for cluster in _clusters(len(exts), pairs):
         mine = [groups[g] for g in dict.fromkeys(group_of[cluster].tolist())]
-        if len(mine) > 1 and len(cluster) <= EXACT_MAX_PROMPTS:
-            if _independent_count(len(cluster), _pairs_within(pairs, cluster, len(exts))) < len(mine):
-                exact = _exact_groups(ext[cluster], usable)
+        if len(mine) > 1 and (exact_all or len(cluster) <= EXACT_MAX_PROMPTS):
+            inner = _pairs_within(pairs, cluster, len(exts))
+            if _independent_count(len(cluster), inner) < len(mine):
+                exact = _exact_groups(ext[cluster], usable, inner)
                 if exact is not None and len(exact) < len(mine):
                     mine = [[int(cluster[m]) for m in g] for g in exact]
         out += mine
@@ -244,7 +269,7 @@ def pack_level(level: int, items: list[tuple[_Extent, int]], slide_mpp: float,
     pair (centred on the union of its extents) and its sorted prompt ids."""
     exts = [e for e, _ in items]
     out = []
-    for members in _pack_level(exts, _usable_l0_px(cfg, level, slide_mpp)):
+    for members in _pack_level(exts, _usable_l0_px(cfg, level, slide_mpp), cfg.exact_packing):
         ux0, uy0 = min(exts[m][0] for m in members), min(exts[m][1] for m in members)
         ux1, uy1 = max(exts[m][2] for m in members), max(exts[m][3] for m in members)
         pair = concentric_pair(((ux0 + ux1) / 2, (uy0 + uy1) / 2), cfg.patch_px, cfg.hr_mpp * 2**level,
@@ -270,7 +295,6 @@ def windows_lower_bound(prompts: list[Prompt], slide_mpp: float, cfg: ScheduleCo
     share windows, the larger of a greedy set of pairwise incompatible prompts and the rounded-up
     LP relaxation of the set cover (clusters up to ``lp_max_prompts``). For benchmarks."""
     from scipy.optimize import linprog
-    from scipy.sparse import csr_matrix
 
     bound = 0
     for level, items in _by_level(prompts, slide_mpp, cfg):
@@ -278,11 +302,12 @@ def windows_lower_bound(prompts: list[Prompt], slide_mpp: float, cfg: ScheduleCo
         ext = np.asarray([e for e, _ in items], dtype=np.float64)
         pairs = _compatible_pairs(ext, usable)
         for cluster in _clusters(len(ext), pairs):
-            lb = _independent_count(len(cluster), _pairs_within(pairs, cluster, len(ext)))
+            inner = _pairs_within(pairs, cluster, len(ext))
+            lb = _independent_count(len(cluster), inner)
             if lb > 1 and len(cluster) <= lp_max_prompts:
-                cols = _clique_columns(ext[cluster], usable)
-                lp = linprog(np.ones(len(cols)), A_ub=-csr_matrix(cols.T.astype(np.float64)),
-                             b_ub=-np.ones(len(cluster)), bounds=(0, 1), method="highs")
+                cols = _clique_columns(ext[cluster], usable, inner)
+                lp = linprog(np.ones(cols.shape[1]), A_ub=-cols, b_ub=-np.ones(len(cluster)), bounds=(0, 1),
+                             method="highs")
                 if lp.status == 0:
                     lb = max(lb, math.ceil(lp.fun - 1e-6))
             bound += lb

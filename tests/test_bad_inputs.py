@@ -128,6 +128,8 @@ CASES = [
          lambda e: ["good: ", "schedule.hr_mpp", "--overwrite"]),
     Case("rerun-other-context", lambda e: e.good("--context-px", "8"), 2,
          lambda e: ["good: ", "schedule.context_px", "--overwrite"]),
+    Case("rerun-other-packing", lambda e: e.good("--exact-packing"), 2,
+         lambda e: ["good: ", "schedule.exact_packing", "--overwrite"]),
     Case("rerun-other-output-option", lambda e: e.good("--min-area-um2", "50"), 2,
          lambda e: ["good: ", "output.min_area_um2"]),
     Case("rerun-other-prompts", lambda e: e.good()[:3] + [str(_other_prompts(e))] + e.good()[4:], 2,

@@ -46,10 +46,13 @@ def test_engine_rows(bench_all):
 
 def test_passes_rows(bench_all):
     rows = bench_all[1]["suites"]["passes"]["rows"]
-    assert [r["prompts_from"] for r in rows][-2:] == ["truth objects of the slide", "500-object layout"]
+    assert [r["prompts_from"] for r in rows][-3:] == ["truth objects of the slide", "500-object layout",
+                                                      "500-object layout, exact packing"]
     for r in rows:
         assert r["passes_per_prompt"] == pytest.approx(2 * r["windows"] / r["prompts"]) and r["reduction"] > 0
         assert 1 <= r["windows_lower_bound"] <= r["windows"]  # the bound the packing is measured against
+        assert r["planning_s"] > 0
+    assert rows[-1]["windows"] <= rows[-2]["windows"]  # exact packing never uses more windows
 
 
 def test_stage_shares(bench_all):
