@@ -50,6 +50,20 @@ def slide_settings(info: SlideInfo, model: Mapping, schedule: Mapping, output: M
             "output": {k: v for k, v in output.items() if k not in NOT_COMPARED_OUTPUT}, "source": dict(source)}
 
 
+#: Settings added after output folders may have been written, with the value an older version
+#: behaved as: a record without one had that value (a rerun with it skips the slide).
+ADDED_SETTINGS: dict[tuple[str, str], object] = {("schedule", "exact_packing"): False}
+
+
+def with_added_settings(old: Mapping) -> dict:
+    """``old`` (a recorded settings dict) with each setting of :data:`ADDED_SETTINGS` it lacks."""
+    out = {k: dict(v) if isinstance(v, Mapping) else v for k, v in old.items()}
+    for (section, key), value in ADDED_SETTINGS.items():
+        if isinstance(out.get(section), dict):
+            out[section].setdefault(key, value)
+    return out
+
+
 def differences(old: Mapping, new: Mapping, prefix: str = "") -> list[str]:
     """Dotted names of the settings that differ (``model.sha256.checkpoint``, ``schedule.hr_mpp``)."""
     out: list[str] = []
@@ -92,7 +106,7 @@ def plan_rerun(output_dir: str | Path, settings: Mapping[str, dict], overwrite: 
         except (OSError, ValueError):
             old = None
         diff = ["settings not recorded (made by an older version, or the file is damaged)"] if not old \
-            else differences(old, new)
+            else differences(with_added_settings(old), new)
         if not diff:
             skipped.append(slide_id)
         elif overwrite:

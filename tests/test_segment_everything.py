@@ -23,7 +23,7 @@ from engine.detectors import get_detector
 from engine.distributed.model_spec import ModelSpec
 from engine.pipeline import OutputConfig, SlideWriter, segment_slide
 from engine.records import ObjectMask, Prompt
-from engine.run_settings import differences, slide_settings
+from engine.run_settings import differences, plan_rerun, slide_settings
 from engine.scheduler import ScheduleConfig
 from engine.segmenters import TruthSegmenter
 from engine.slides import open_slide
@@ -156,6 +156,23 @@ def test_qc_is_not_a_rerun_setting(slide):
     assert differences(on, off) == []
     other = slide_settings(info, {}, {}, dataclasses.asdict(OutputConfig(mask_filter=MaskFilter(nms_iou=0.7))), {})
     assert [d.split(" ")[0] for d in differences(on, other)] == ["output.mask_filter"]
+
+
+def test_rerun_on_a_folder_from_before_exact_packing_skips_its_slide(slide, tmp_path):
+    """A slide finished by a version without ``exact_packing`` was packed greedily: a rerun with the
+    default (greedy) skips it; one with --exact-packing is refused by name."""
+    with open_slide(slide.path) as s:
+        info = s.info()
+    new = {exact: slide_settings(info, {}, dataclasses.asdict(ScheduleConfig(exact_packing=exact)),
+                                 dataclasses.asdict(OutputConfig()), {}) for exact in (False, True)}
+    old = json.loads(json.dumps(new[False]))
+    del old["schedule"]["exact_packing"]
+    folder = tmp_path / info.slide_id
+    folder.mkdir()
+    (folder / "summary.json").write_text(json.dumps({"settings": old}))
+    assert plan_rerun(tmp_path, {info.slide_id: new[False]}).skipped == [info.slide_id]
+    with pytest.raises(ValueError, match="schedule.exact_packing"):
+        plan_rerun(tmp_path, {info.slide_id: new[True]})
 
 
 def test_tiled_thumbnail_matches_the_pyramid_read(slide):
