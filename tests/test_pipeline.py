@@ -18,7 +18,8 @@ from affine import Affine
 import wsisam
 from conftest import make_model
 from engine.completion import LR_MASK_KEY
-from engine.pipeline import OutputConfig, SlideWriter, segment_slide
+from engine.pipeline import OutputConfig, segment_slide
+from engine.slide_writer import SlideWriter
 from engine.prompts import read_prompts
 from engine.records import ObjectMask, Prompt
 from engine.scheduler import ScheduleConfig, Window, schedule_stats, schedule_windows

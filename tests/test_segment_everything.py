@@ -21,7 +21,8 @@ from conftest import tree_hashes
 from engine.cli import main
 from engine.detectors import get_detector
 from engine.distributed.model_spec import ModelSpec
-from engine.pipeline import OutputConfig, SlideWriter, segment_slide
+from engine.pipeline import OutputConfig, segment_slide
+from engine.slide_writer import SlideWriter
 from engine.records import ObjectMask, Prompt
 from engine.run_settings import differences, plan_rerun, slide_settings
 from engine.scheduler import ScheduleConfig

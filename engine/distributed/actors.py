@@ -13,7 +13,7 @@ from dataclasses import dataclass
 import ray
 
 from ..completion import BatchOutcome, CompletionLimits, settle
-from ..pipeline import OutputConfig, SlidePlan, SlideWriter, plan_slide, read_jobs
+from ..pipeline import OutputConfig, SlidePlan, plan_slide, read_jobs
 from ..records import ObjectMask, Prompt
 from ..scheduler import ScheduleConfig, Window
 from ..segmenters import WindowJob
@@ -155,18 +155,21 @@ class SlideWriterActor:
     def __init__(self) -> None:
         # Imported now, while the model actors load, not at the first commit (its QC picture reads the slide).
         importlib.import_module(SLIDE_READER_MODULE)
-        self.writers: dict[str, SlideWriter] = {}
+        from ..slide_writer import SlideWriter  # the stitching stack: the other actors do without it
+
+        self._slide_writer = SlideWriter
+        self.writers: dict = {}  # slide id -> SlideWriter
         self.seconds: dict[str, float] = {}
         self.errors: dict[str, BaseException] = {}
 
     def open(self, info: SlideInfo, output_dir: str, label_mpp: float, output: OutputConfig) -> None:
         self.seconds[info.slide_id] = 0.0
         try:
-            self.writers[info.slide_id] = SlideWriter(info, output_dir, label_mpp, output)
+            self.writers[info.slide_id] = self._slide_writer(info, output_dir, label_mpp, output)
         except BaseException as exc:  # the slide's next call says so
             self.errors[info.slide_id] = exc
 
-    def _writer(self, slide_id: str) -> SlideWriter:
+    def _writer(self, slide_id: str):
         if slide_id in self.errors:
             raise self.errors[slide_id]
         if slide_id not in self.writers:

@@ -26,7 +26,8 @@ import geopandas as gpd
 import numpy as np
 import zarr
 
-from ..pipeline import LABELS_NAME, PARQUET_NAME, SUMMARY_NAME
+from ..output_folder import SUMMARY_NAME
+from ..slide_result import LABELS_NAME, PARQUET_NAME
 
 PredictionKind = Literal["polygons", "labels"]
 PARQUET_SUFFIXES = (".parquet", ".geoparquet")
