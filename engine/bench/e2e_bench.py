@@ -261,12 +261,12 @@ def ray_figures(run: TreeRun, manifest: dict) -> dict:
     ready_s = totals.get("first_actor_ready_s")
     tail_s = totals["wall_s"] - ready_s - stream_s if stream_s is not None and ready_s is not None else None
     writer_s = sum(e["seconds"].get("stitch", 0.0) for e in manifest["slides"].values())
-    actors_s = run.first_line("Ray GPU ids")  # the driver's line once every actor has loaded the model
+    actors_s = run.first_line("Ray GPU ids")  # the driver says so as each model actor is ready: the first one
     return {
         "wall_s": run.wall_s, "ray_up_s": run.manifest_s, "actors_ready_s": actors_s,
         "first_batch_s": done[0] if done else None, "last_batch_s": done[-1] if done else None,
         "stream_s": stream_s, "tail_s": tail_s, "actor_busy_s": busy, "actors": n_actors,
-        "first_wait_s": _first_wait(batches),
+        "first_wait_s": _first_wait(batches, run, actors_s),
         "busy_share": sum(busy) / (n_actors * stream_s) if busy and stream_s else None,
         "batches": len(batches), "model_s": sum(b["seconds"] for b in batches),
         "writer_s": writer_s, "objects": sum(e["objects"] for e in manifest["slides"].values()),
@@ -278,13 +278,14 @@ def ray_figures(run: TreeRun, manifest: dict) -> dict:
     }
 
 
-def _first_wait(batches: list[dict]) -> float | None:
-    """Seconds the model waited on the first batch: from its arrival at the actor (patch pairs
-    read) to the model starting on it; most of the model load when the reads were faster."""
-    first = min(batches, key=lambda b: b.get("started_unix_s", 0.0), default=None)
-    if not first or not first.get("started_unix_s"):
+def _first_wait(batches: list[dict], run: TreeRun, ready_s: float | None) -> float | None:
+    """Seconds the first ready model actor waited for its first batch: from the driver's "model
+    actor ... ready" line to the model starting on a batch (both from the process start); the time
+    the first patch pairs took to be read, beyond the model load."""
+    starts = [b["started_unix_s"] for b in batches if b.get("started_unix_s")]
+    if not starts or ready_s is None:
         return None
-    return first["started_unix_s"] - first["arrived_unix_s"]
+    return min(starts) - run.start_unix_s - ready_s
 
 
 def _child(spec: dict) -> None:
@@ -465,8 +466,8 @@ def result(opts, inputs, model_text, rf, ray_run, ip, ip_run, cohort, seconds) -
              f"Ray streaming phase (first model actor ready -> last batch done) {fmt(rf['stream_s'])} s, model "
              f"actor busy {', '.join(fmt(b) for b in rf['actor_busy_s'])}"
              f" s = {pct(rf['busy_share']) if rf['busy_share'] is not None else 'n/a'}; then the last commit "
-             f"{fmt(rf['tail_s'])} s (the tail); the first batch's patch pairs were at the actor "
-             f"{fmt(rf['first_wait_s'])} s before the model started on it (model load); {rf['windows']} windows, "
+             f"{fmt(rf['tail_s'])} s (the tail); once ready, the model actor waited {fmt(rf['first_wait_s'])} s for "
+             f"its first batch's patch pairs; {rf['windows']} windows, "
              f"{rf['objects']} objects (in-process: {ip['windows']} windows, {ip['objects']} objects).",
              f"in-process (fresh interpreter, {ip['device']}, torch threads {ip['threads']}): process wall "
              f"{fmt(ip_run.wall_s)} s = imports {fmt(ip['imports_s'])} + model load {fmt(ip['load_s'])} + "

@@ -118,7 +118,7 @@ def run_cohort(slides: list[SlideInfo], skipped: set[str], prompts: dict[str, li
         if todo:
             actors, ready = launch_model_actors(spec, cfg, cluster)
             # The stream plans and reads the first slides while the actors load, and sends each actor
-            # batches from the start (they run once its model is loaded).
+            # batches as soon as it has loaded its model.
             stream = CohortStream(todo, prompts, detector, actors, ready, output_dir, schedule, output, cfg,
                                   manifest, settings)
             try:

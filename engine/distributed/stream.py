@@ -77,8 +77,8 @@ class _SlideState:
 class CohortStream:
     def __init__(self, todo, prompts, detector, actors, ready, output_dir, schedule, output, cfg, manifest, settings):
         self.todo, self.prompts, self.detector, self.actors = deque(todo), prompts, detector, actors
-        # Model actors still loading: their "ready" ref -> actor index. They are sent batches already
-        # (Ray holds the calls until the model is loaded), so the first reads overlap the load.
+        # Model actors still loading: their "ready" ref -> actor index. They get no batch until ready;
+        # meanwhile the first batches are read ahead (_dispatch), so the reads overlap the load.
         self.starting: dict = dict(zip(ready, range(len(actors))))
         self.t_start = time.perf_counter()
         self.first_ready_s: float | None = None  # seconds from the stream's start to the first actor ready
