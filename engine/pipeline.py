@@ -139,6 +139,7 @@ def segment_slide(slide: Slide, prompts: list[Prompt], segmenter: WindowSegmente
     t["plan"] = time.perf_counter() - t0
     info = slide.info()
     from .slide_writer import SlideWriter  # the stitching stack, imported when a slide is written
+    from .stitching.thumbnail import qc_thumbnail
 
     writer = SlideWriter(info, out, output.label_mpp or schedule.hr_mpp, output)
     by_id = plan.prompts_by_id()
@@ -168,7 +169,7 @@ def segment_slide(slide: Slide, prompts: list[Prompt], segmenter: WindowSegmente
         result.empty_masks = result.prompts - result.objects
         a = time.perf_counter()
         result.timings_s = dict(t)
-        writer.commit(slide_summary(result, info, plan, run), plan.prompts)
+        writer.commit(slide_summary(result, info, plan, run), plan.prompts, qc_thumbnail(slide) if output.qc else None)
         t["write"] = time.perf_counter() - a
         t.update(writer.timings)  # the breakdown of stitch and write (not in summary.json)
     except BaseException:

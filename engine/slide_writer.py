@@ -14,6 +14,8 @@ import os
 import time
 from pathlib import Path
 
+import numpy as np
+
 from .io.geojson import write_qupath_geojson
 from .io.geoparquet import write_geoparquet
 from .io.prompt_files import write_prompts_geojson
@@ -27,6 +29,7 @@ from .stitching.mask_cleaning import clean_mask
 from .stitching.nms import CandidateSet
 from .stitching.polygons import SLIDE_COLUMNS, rows_to_geodataframe
 from .stitching.qc_picture import write_slide_qc
+from .stitching.thumbnail import qc_thumbnail
 
 #: SlideWriter.timings keys: label image painting (add), then at commit polygons and the three outputs.
 WRITER_STAGES = ("stitch_labels", "vectorise", "write_pyramid", "write_parquet", "write_geojson", "write_qc")
@@ -101,10 +104,12 @@ class SlideWriter:
                           "with no pixel has no polygon"}
         return rows, counts
 
-    def commit(self, summary: dict, prompts: list[Prompt]) -> Path:
+    def commit(self, summary: dict, prompts: list[Prompt], thumbnail: np.ndarray | None = None) -> Path:
         """Trace polygons from the label image, write every output and publish the slide folder.
 
         ``prompts``: the plan's prompts (each segmented once), written to ``prompts.geojson``.
+        ``thumbnail``: the slide's :func:`~engine.stitching.thumbnail.qc_thumbnail`, read by whoever
+        has the slide open, for ``qc.png``; without it (and with ``qc``) the writer opens the slide.
         Python's cyclic garbage collector is paused meanwhile: tracing and writing allocate many
         small containers (freed when done), which would set off full collections over every
         object of the process (a loaded model: about half a second each).
@@ -112,12 +117,12 @@ class SlideWriter:
         was_enabled = gc.isenabled()
         gc.disable()
         try:
-            return self._commit(summary, prompts)
+            return self._commit(summary, prompts, thumbnail)
         finally:
             if was_enabled:
                 gc.enable()
 
-    def _commit(self, summary: dict, prompts: list[Prompt]) -> Path:
+    def _commit(self, summary: dict, prompts: list[Prompt], thumbnail: np.ndarray | None) -> Path:
         t0 = time.perf_counter()
         if self.candidates is not None:  # segment everything: duplicates removed before painting
             self.labels.add_many(list(self.candidates.select()))
@@ -135,9 +140,11 @@ class SlideWriter:
                              slide_id=self.info.slide_id)
         t4 = time.perf_counter()
         write_prompts_geojson(prompts, self.partial / PROMPTS_NAME, slide_column=None, id_column="prompt_id")
-        if self.cfg.qc:  # the only output that reads the slide (a coarse level, or in tiles)
-            with self.info.open() as slide:
-                write_slide_qc(slide, gdf, prompts, self.partial / QC_NAME)
+        if self.cfg.qc:  # the only output that needs the slide's pixels (a thumbnail)
+            if thumbnail is None:
+                with self.info.open() as slide:
+                    thumbnail = qc_thumbnail(slide)
+            write_slide_qc(thumbnail, self.info.width_l0_px, gdf, prompts, self.partial / QC_NAME)
         self.timings["write_qc"] += time.perf_counter() - t4
         self.timings["vectorise"] += t1 - t0
         self.timings["write_pyramid"] += t2 - t1

@@ -320,14 +320,18 @@ def test_model_spec_imports_without_torch():
 @pytest.mark.slow
 def test_actors_module_imports_without_torch():
     """Ray's reader and model processes import the actors module first: without torch, and without
-    the stitching stack (ome-zarr, geopandas), which only writer processes load."""
+    the stitching stack (ome-zarr, geopandas), which only writer processes load. A writer process
+    never loads the slide reader's stack (tiatoolbox, torch): readers send it the QC thumbnail."""
     import subprocess
     import sys
 
-    code = ("import sys, engine.distributed.actors\n"
-            "print('HEAVY', sorted(m for m in ('torch', 'ome_zarr', 'geopandas') if m in sys.modules))\n")
+    code = ("import sys, engine.distributed.actors as actors\n"
+            "print('HEAVY', sorted(m for m in ('torch', 'ome_zarr', 'geopandas') if m in sys.modules))\n"
+            "actors.SlideWriterActor()\n"
+            "print('WRITER', sorted(m for m in ('torch', 'tiatoolbox', 'geopandas') if m in sys.modules))\n")
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert "HEAVY []" in proc.stdout, proc.stdout[-2000:] + proc.stderr[-2000:]
+    assert "WRITER ['geopandas']" in proc.stdout, proc.stdout[-2000:] + proc.stderr[-2000:]
 
 
 def test_saved_model_file_has_the_usual_permissions(tmp_path):

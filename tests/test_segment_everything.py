@@ -30,7 +30,8 @@ from engine.segmenters import TruthSegmenter
 from engine.slides import open_slide
 from engine.stitching.grid import LabelGrid
 from engine.stitching.nms import CandidateSet, MaskFilter
-from engine.stitching.qc_picture import TRUNCATED_RGB, bounded_thumbnail, write_slide_qc
+from engine.stitching.qc_picture import TRUNCATED_RGB, write_slide_qc
+from engine.stitching.thumbnail import bounded_thumbnail, qc_thumbnail
 from engine.support.synthetic import make_synthetic_slide
 
 # Point prompts at the demo model's 1 µm/px (its 256 µm HR field holds a 128 µm extent plus context).
@@ -137,12 +138,13 @@ def test_truncated_objects_are_dashed_red_and_no_qc_writes_none(slide, tmp_path)
     lowest = int(np.argmax(slide.truth.geometry.bounds.miny))  # away from the legend (top left)
     gdf = slide.truth.assign(truncated=np.arange(len(slide.truth)) == lowest, class_name="duct")
     with open_slide(slide.path) as s:
-        qc = np.asarray(Image.open(write_slide_qc(s, gdf, [], tmp_path / "qc.png")).convert("RGB"))
+        qc = np.asarray(Image.open(write_slide_qc(qc_thumbnail(s), s.dimensions_l0_px[0], gdf, [], tmp_path / "qc.png")).convert("RGB"))
         red = np.all(qc == TRUNCATED_RGB, axis=2)
         red[:60, :250] = False  # the legend's swatch
         x0, y0, x1, y1 = (int(v * qc.shape[1] / slide.width_l0_px) for v in slide.truth.geometry.iloc[lowest].bounds)
         assert red[y0 - 2:y1 + 3, x0 - 2:x1 + 3].sum() == red.sum() > 10  # only around that object
-        solid = np.asarray(Image.open(write_slide_qc(s, gdf.assign(truncated=False), [], tmp_path / "solid.png")))
+        solid = np.asarray(Image.open(write_slide_qc(qc_thumbnail(s), s.dimensions_l0_px[0], gdf.assign(truncated=False), [],
+                                                  tmp_path / "solid.png")))
         box = np.s_[y0 - 2:y1 + 3, x0 - 2:x1 + 3]
         assert red[box].sum() < 0.8 * np.any(solid[box] != bounded_thumbnail(s, 600)[box], axis=2).sum()  # dashed
         prompts = [Prompt(s.slide_id, 0, box_l0_px=tuple(slide.truth_boxes()[1]))]

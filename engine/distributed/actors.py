@@ -10,6 +10,7 @@ import time
 from collections import OrderedDict
 from dataclasses import dataclass
 
+import numpy as np
 import ray
 
 from ..completion import BatchOutcome, CompletionLimits, settle
@@ -153,8 +154,8 @@ class SlideWriterActor:
     """
 
     def __init__(self) -> None:
-        # Imported now, while the model actors load, not at the first commit (its QC picture reads the slide).
-        importlib.import_module(SLIDE_READER_MODULE)
+        # Imported now, while the model actors load, not at the first add. Not the slide reader's
+        # stack (tiatoolbox, torch): a writer never opens a slide, its QC thumbnail comes from a reader.
         from ..slide_writer import SlideWriter  # the stitching stack: the other actors do without it
 
         self._slide_writer = SlideWriter
@@ -189,15 +190,16 @@ class SlideWriterActor:
             self.seconds[slide_id] = self.seconds.get(slide_id, 0.0) + time.perf_counter() - t0
         return len(objects)
 
-    def commit(self, slide_id: str, summary: dict, prompts: list[Prompt]) -> float:
-        """Publish the slide; returns the seconds its writer worked."""
+    def commit(self, slide_id: str, summary: dict, prompts: list[Prompt], thumbnail: np.ndarray | None = None) -> float:
+        """Publish the slide (``thumbnail``: its QC thumbnail, from :meth:`SlideReaderActor.thumbnail`);
+        returns the seconds its writer worked."""
         if slide_id in self.errors:
             self.abort(slide_id)
             raise RuntimeError(f"not published: opening or adding a batch failed earlier: "
                                f"{self.errors.pop(slide_id)!r}")
         t0 = time.perf_counter()
         try:
-            self._writer(slide_id).commit(summary, prompts)
+            self._writer(slide_id).commit(summary, prompts, thumbnail)
         finally:
             self.writers.pop(slide_id, None)
         return self.seconds.pop(slide_id, 0.0) + time.perf_counter() - t0
@@ -246,9 +248,15 @@ class SlideReaderActor:
         """Read the patch pairs of a batch of windows (``prompts_by_id``: the windows' prompts)."""
         return list(read_jobs(self._slide(info), prompts_by_id, windows))
 
+    def thumbnail(self, info: SlideInfo) -> np.ndarray:
+        """The slide's QC thumbnail, for its writer's ``qc.png`` (writers never open slides)."""
+        from ..stitching.thumbnail import qc_thumbnail
+
+        return qc_thumbnail(self._slide(info))
+
 
 #: What :class:`engine.slides.Slide` opens files with: seconds to import (it imports torch), so
-#: reader and writer processes import it when they start.
+#: reader processes import it when they start.
 SLIDE_READER_MODULE = "tiatoolbox.wsicore.wsireader"
 #: Slides each reader thread keeps open (the slides being planned and read are a few at a time).
 OPEN_SLIDES = 2

@@ -70,6 +70,7 @@ class _SlideState:
     plan: SlidePlan
     writer: int  # index in CohortStream.writers
     batches_left: int
+    thumbnail: object = None  # the ref of its QC thumbnail, read by a reader while it is segmented
     t0: float = 0.0
     pending: dict = field(default_factory=dict)  # cut masks of prompts being segmented again
 
@@ -232,7 +233,8 @@ class CohortStream:
         writer = self._writer_for_new_slide()
         self.writers[writer].open.remote(info, str(self.output_dir), self.label_mpp, self.output)
         batches = [b for level in by_level(plan.windows) for b in batched(level, self.cfg.windows_per_batch)]
-        self.states[info.slide_id] = _SlideState(info, plan, writer, len(batches), t0=time.perf_counter())
+        thumbnail = self._reader().thumbnail.remote(info) if self.output.qc else None  # for its qc.png
+        self.states[info.slide_id] = _SlideState(info, plan, writer, len(batches), thumbnail, time.perf_counter())
         self.queue.extend(_Batch(info.slide_id, i, b) for i, b in enumerate(batches))
         self.bars.windows.total = (self.bars.windows.total or 0) + len(plan.windows)
         if not batches:
@@ -418,7 +420,8 @@ class CohortStream:
         summary = slide_summary(res, st.info, st.plan, self.run_context)
         # A writer runs its calls in order, so the commit follows every add; one that failed makes
         # the commit refuse (SlideWriterActor), so a slide is never published with a batch missing.
-        self.commits[self.writers[st.writer].commit.remote(slide_id, summary, st.plan.prompts)] = (slide_id, res)
+        self.commits[self.writers[st.writer].commit.remote(slide_id, summary, st.plan.prompts, st.thumbnail)] = \
+            (slide_id, res)
 
     def _committed(self, ref) -> None:
         slide_id, res = self.commits.pop(ref)

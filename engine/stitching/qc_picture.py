@@ -1,12 +1,13 @@
 """Quality-control pictures: the slide's thumbnail with object outlines drawn on it.
 
 :func:`qc_picture` (the demo: predictions against truth) and :func:`write_slide_qc` (every
-segmented slide's ``qc.png``: outlines by class, truncated objects dashed red, prompts). Both read
-the thumbnail with :func:`bounded_thumbnail`, whose memory does not grow with the slide.
+segmented slide's ``qc.png``: outlines by class, truncated objects dashed red, prompts). Both draw on
+a thumbnail from ``engine.stitching.thumbnail``, whose memory does not grow with the slide; the
+slide's ``qc.png`` gets its thumbnail from whoever has the slide open (a reader process), so the
+slide writer never opens slides.
 """
 from __future__ import annotations
 
-import math
 import os
 from collections.abc import Sequence
 from pathlib import Path
@@ -19,37 +20,13 @@ from PIL import Image, ImageDraw
 from ..records import Prompt
 from ..slides import Slide
 from ..io.colors import class_color_rgb
+from .thumbnail import bounded_thumbnail
 
 TRUTH_RGB = (20, 20, 20)
 DEFAULT_RGB = (0, 200, 255)
 TRUNCATED_RGB = (255, 0, 0)
 PROMPT_RGB = (255, 230, 0)
 PROMPT_EDGE_RGB = (40, 40, 40)
-QC_MAX_PX = 2048  # longer side of qc.png ...
-QC_MIN_MPP = 2.0  # ... and no finer than this many µm per pixel (detail is in the label image)
-#: Most pixels one read may take from the pyramid level tiatoolbox picks (64 Mpx, 192 MB RGB).
-MAX_READ_PX = 8192 * 8192
-
-
-def bounded_thumbnail(slide: Slide, max_px: int = QC_MAX_PX, max_read_px: int = MAX_READ_PX) -> np.ndarray:
-    """The whole slide (h, w, 3) uint8, longer side ``min(max_px, slide's)``, read from the
-    coarsest pyramid level fine enough; when that level's region is over ``max_read_px`` (a slide
-    without a usable pyramid), read in square tiles that each stay under it."""
-    w, h = slide.dimensions_l0_px
-    f = max(w, h) / float(min(max_px, max(w, h)))  # level-0 px per thumbnail px
-    tw, th = max(1, round(w / f)), max(1, round(h / f))
-    _, _, level_size, *_ = slide.reader.find_read_rect_params(location=(0, 0), size=(tw, th),
-                                                             resolution=slide.mpp * f, units="mpp")
-    if int(level_size[0]) * int(level_size[1]) <= max_read_px:
-        return slide.thumbnail(max(tw, th))
-    level_px_per_px = max(level_size[0] / tw, level_size[1] / th)
-    tile = max(1, int(math.sqrt(max_read_px) / level_px_per_px))
-    out = np.zeros((th, tw, 3), np.uint8)
-    for y in range(0, th, tile):
-        for x in range(0, tw, tile):
-            img = slide.read_region((x * f, y * f), tile, slide.mpp * f)
-            out[y:y + tile, x:x + tile] = img[:min(tile, th - y), :min(tile, tw - x)]
-    return out
 
 
 def _rings(geom) -> list:
@@ -108,15 +85,15 @@ def draw_legend(image: Image.Image, entries: list[tuple[str, tuple[int, int, int
         draw.text((18, y), text, fill=(0, 0, 0))
 
 
-def write_slide_qc(slide: Slide, gdf: gpd.GeoDataFrame, prompts: Sequence[Prompt], path: str | os.PathLike,
-                   max_px: int = QC_MAX_PX) -> Path:
-    """A slide's ``qc.png``: its thumbnail, the prompts, the outlines of ``gdf`` (the slide writer's
+def write_slide_qc(thumbnail: np.ndarray, width_l0_px: int, gdf: gpd.GeoDataFrame, prompts: Sequence[Prompt],
+                   path: str | os.PathLike) -> Path:
+    """A slide's ``qc.png``: its ``thumbnail`` (:func:`~engine.stitching.thumbnail.qc_thumbnail`, of a
+    slide ``width_l0_px`` wide), the prompts, the outlines of ``gdf`` (the slide writer's
     objects: ``class_name``, ``geometry`` in level-0 px) coloured by class
     (:func:`engine.io.colors.class_color_rgb`; no class: cyan), those with ``truncated`` set (a column some
     outputs carry) dashed red, and a legend with the counts."""
-    longer_um = max(slide.dimensions_l0_px) * slide.mpp
-    thumb = Image.fromarray(bounded_thumbnail(slide, min(max_px, math.ceil(longer_um / QC_MIN_MPP)))).convert("RGB")
-    scale = thumb.width / slide.dimensions_l0_px[0]
+    thumb = Image.fromarray(thumbnail).convert("RGB")
+    scale = thumb.width / width_l0_px
     draw_prompts(thumb, prompts, scale)
     cls = gdf["class_name"]
     classes = sorted(set(cls.dropna()))
