@@ -12,6 +12,7 @@ pipeline, on the same slide and prompts, in one run (optionally a cohort row for
   the last slide after its last batch is shown apart (the tail).
 - In-process path: a fresh interpreter (``python -m engine.bench.e2e_bench SPEC``) that loads the
   same model file and runs :func:`engine.pipeline.segment_slide`; it reports its stage timings.
+  Its OpenMP threads sleep when they wait (``OMP_WAIT_POLICY=PASSIVE``), as the model actors' do.
 - Memory: every ~0.2 s (longer when a sample costs more than 1/20 of that, so sampling takes at
   most about 5% of a core) the PSS of the process and all its descendants (psutil) is summed
   (``Pss`` of ``/proc/PID/smaps_rollup``, the figure of psutil's ``memory_full_info().pss``); the
@@ -38,6 +39,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from ..distributed.actors import OMP_WAIT_ENV
 from .common import BenchOptions, SuiteResult, Timer, cached_slide, fmt, headline, pct
 
 STITCH_TARGET = 0.10  # label stitching <= 10% of model time (in-process)
@@ -320,8 +322,10 @@ def run_in_process(slide: Path, prompts: Path, out: Path, model_file: Path, devi
                    work: Path) -> tuple[TreeRun, dict]:
     spec = {"slide": str(slide), "prompts": str(prompts), "out": str(out), "model": str(model_file),
             "device": device, "report": str(work / "inprocess.json")}
-    run = run_tree([sys.executable, "-m", "engine.bench.e2e_bench", json.dumps(spec)], _env(),
-                   work / "inprocess.log")
+    # OpenMP threads sleep when they wait, as in the model actors (actors.OMP_WAIT_ENV): spinning ones
+    # make the in-process run many times slower whenever other work shares the cores.
+    env = _env({OMP_WAIT_ENV: os.environ.get(OMP_WAIT_ENV, "PASSIVE")})
+    run = run_tree([sys.executable, "-m", "engine.bench.e2e_bench", json.dumps(spec)], env, work / "inprocess.log")
     if run.rc != 0:
         raise RuntimeError(f"in-process child failed (exit {run.rc}):\n{run.tail()}")
     return run, json.loads(Path(spec["report"]).read_text())
