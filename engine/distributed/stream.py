@@ -2,9 +2,10 @@
 
 Long-lived processes only: model actors, reader actors (plans, patch pairs) and writer actors
 (each open slide has one ``SlideWriter`` in one of them), so no process starts per slide or batch.
-All start together; while the model actors load, the readers plan the first slides and read their
-first batches ahead, and each model actor gets batches as soon as it has loaded its model (no
-waiting for the slowest one; a batch is tied to an actor only when sent to it).
+All start together. While they start, the driver plans the first slide and reads its first batches
+(it has the slide reader loaded already; the readers take seconds to import it), then the readers
+plan the next slides and read batches ahead; each model actor gets batches as soon as it has loaded
+its model (no waiting for the slowest one; a batch is tied to an actor only when sent to it).
 
 Bounded everywhere, so memory stays flat for a cohort of any size: slides are planned lazily (at
 most ``PLAN_AHEAD`` plans outstanding, only while the batch queue runs short), and at most
@@ -29,7 +30,7 @@ from tqdm.auto import tqdm
 
 from ..output_folder import partial_dir, remove_tree, slide_dir
 from ..completion import previous_masks
-from ..pipeline import SlidePlan, add_outcome, batched, by_level, completion_limits
+from ..pipeline import SlidePlan, add_outcome, batched, by_level, completion_limits, plan_slide, read_jobs
 from ..slide_result import RunContext, SlideResult, slide_summary
 from ..scheduler import schedule_stats
 from ..slides import SlideInfo
@@ -125,6 +126,7 @@ class CohortStream:
 
     def run(self) -> dict[str, SlideResult]:
         try:
+            self.start_here()
             while self.todo or self.plans or self.states:
                 self.plan_ahead()
                 self._dispatch()
@@ -213,15 +215,40 @@ class CohortStream:
             self.plans[self._reader().plan.remote(info, slide_prompts, self.detector, self.schedule)] = info
             self.manifest.slides[info.slide_id].status = "running"
 
+    def start_here(self) -> None:
+        """Plan the first slide and read its first batches in this process, while the reader processes
+        start (seconds: they import tiatoolbox, which imports torch). This process has the slide
+        reader loaded already (the input checks opened every slide), so the first model actor to
+        load its model finds its first batches waiting. Not with a detector: detectors run in the
+        readers. A batch that cannot be read here is left to the readers, whose error the slide gets."""
+        if self.prompts is None or not self.todo:
+            return
+        info = self.todo.popleft()
+        self.manifest.slides[info.slide_id].status = "running"
+        try:
+            with info.open() as slide:
+                self._opened(info, plan_slide(slide, self.prompts.get(info.slide_id, []), self.schedule))
+                for batch in list(self.queue)[:self.max_in_flight]:
+                    needed = self.states[info.slide_id].plan.prompts_by_id(i for w in batch.windows
+                                                                          for i in w.prompt_ids)
+                    batch.jobs = ray.put(list(read_jobs(slide, needed, batch.windows)))
+                    self.read_ahead += 1
+        except Exception as exc:  # noqa: BLE001 - unreadable slide: it fails, or its readers say why
+            if info.slide_id not in self.states:
+                self._fail(info.slide_id, exc, stage="planning")
+
     def _open_slide(self, plan_ref) -> None:
         """A plan is ready: start the slide's writer and queue its batches."""
         info = self.plans.pop(plan_ref)
-        entry = self.manifest.slides[info.slide_id]
         try:
             plan: SlidePlan = ray.get(plan_ref)
         except Exception as exc:  # noqa: BLE001 - unreadable slide, detector error: this slide fails
             self._fail(info.slide_id, exc, stage="planning")
             return
+        self._opened(info, plan)
+
+    def _opened(self, info: SlideInfo, plan: SlidePlan) -> None:
+        entry = self.manifest.slides[info.slide_id]
         entry.prompts, entry.prompts_read, entry.windows = len(plan.prompts), plan.prompts_read, len(plan.windows)
         entry.encoder_passes = schedule_stats(plan.windows).encoder_passes
         entry.prompts_dropped_outside = plan.prompts_dropped_outside
