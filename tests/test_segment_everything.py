@@ -255,6 +255,7 @@ def test_segment_cli_on_ray_segments_everything_once_and_draws_qc(tmp_path, caps
     try:
         first = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=280)
         assert first.returncode == 0, first.stdout[-3000:] + first.stderr[-3000:]
+        assert f"{slide.slide_id}  done" in first.stdout  # the summary table, printed before the quick exit
         folder = out / slide.slide_id
         summary = json.loads((folder / "summary.json").read_text())
         counts, gdf = summary["mask_filter"], gpd.read_parquet(folder / "objects.parquet")
