@@ -52,7 +52,11 @@ def slide_settings(info: SlideInfo, model: Mapping, schedule: Mapping, output: M
 
 #: Settings added after output folders may have been written, with the value an older version
 #: behaved as: a record without one had that value (a rerun with it skips the slide).
-ADDED_SETTINGS: dict[tuple[str, str], object] = {("schedule", "exact_packing"): False}
+#: ``schedule.packing``: older versions packed by the row greedy alone, so a folder they made is
+#: refused by a rerun with today's default ("settings differ: schedule.packing") and skipped by one
+#: with ``--packing row-greedy``.
+ADDED_SETTINGS: dict[tuple[str, str], object] = {("schedule", "exact_packing"): False,
+                                                 ("schedule", "packing"): "row-greedy"}
 
 
 def with_added_settings(old: Mapping) -> dict:

@@ -162,14 +162,16 @@ def test_qc_is_not_a_rerun_setting(slide):
 
 
 def test_rerun_on_a_folder_from_before_exact_packing_skips_its_slide(slide, tmp_path):
-    """A slide finished by a version without ``exact_packing`` was packed greedily: a rerun with the
-    default (greedy) skips it; one with --exact-packing is refused by name."""
+    """A slide finished by a version without ``exact_packing`` (nor ``packing``) was packed by the
+    row greedy: a rerun with ``--packing row-greedy`` skips it; one with --exact-packing is refused
+    by name (the default packing: ``test_scheduler_packing.py``)."""
     with open_slide(slide.path) as s:
         info = s.info()
-    new = {exact: slide_settings(info, {}, dataclasses.asdict(ScheduleConfig(exact_packing=exact)),
-                                 dataclasses.asdict(OutputConfig()), {}) for exact in (False, True)}
+    greedy = {exact: ScheduleConfig(exact_packing=exact, packing="row-greedy") for exact in (False, True)}
+    new = {exact: slide_settings(info, {}, dataclasses.asdict(cfg), dataclasses.asdict(OutputConfig()), {})
+           for exact, cfg in greedy.items()}
     old = json.loads(json.dumps(new[False]))
-    del old["schedule"]["exact_packing"]
+    del old["schedule"]["exact_packing"], old["schedule"]["packing"]
     folder = tmp_path / info.slide_id
     folder.mkdir()
     (folder / "summary.json").write_text(json.dumps({"settings": old}))
