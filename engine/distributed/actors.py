@@ -252,6 +252,10 @@ class SlideReaderActor:
             prompts = detector.detect(slide)
         return plan_slide(slide, prompts, schedule)
 
+    def ready(self) -> bool:
+        """Answers once the process has started (its stack imported): the driver stops reading then."""
+        return True
+
     def read(self, info: SlideInfo, prompts_by_id: dict[int, Prompt], windows: list[Window]) -> list[WindowJob]:
         """Read the patch pairs of a batch of windows (``prompts_by_id``: the windows' prompts)."""
         return list(read_jobs(self._slide(info), prompts_by_id, windows))

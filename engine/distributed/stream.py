@@ -2,9 +2,9 @@
 
 Long-lived processes only: model actors, reader actors (plans, patch pairs) and writer actors
 (each open slide has one ``SlideWriter`` in one of them), so no process starts per slide or batch.
-All start together. While they start, the driver plans the first slide and reads its first batches
-(it has the slide reader loaded already; the readers take seconds to import it), then the readers
-plan the next slides and read batches ahead; each model actor gets batches as soon as it has loaded
+All start together. Until a reader has started, the driver plans the first slide and reads its
+batches (it has the slide reader loaded already; the readers take seconds to import it); then the
+readers plan the next slides and read batches ahead; each model actor gets batches as soon as it has loaded
 its model (no waiting for the slowest one; a batch is tied to an actor only when sent to it).
 
 Bounded everywhere, so memory stays flat for a cohort of any size: slides are planned lazily (at
@@ -113,6 +113,10 @@ class CohortStream:
                                                              max_concurrency=2).remote()
                         for _ in range(len(actors))]
         self.reads = 0
+        # Until a reader has started ("ready" refs pending), this process plans the first slide and
+        # reads batches itself (see start_here), from slides it keeps open meanwhile.
+        self.readers_starting: dict = {r.ready.remote(): k for k, r in enumerate(self.readers)}
+        self.open_here: dict = {}  # slide id -> Slide opened in this process
         # After a call on actor k failed: identify ref -> (k, when asked, the batches that failed on
         # it). An actor gets no work until its probe answers: Ray rejects calls made while an actor
         # restarts, and the answer's pid tells whether the process really died.
@@ -130,7 +134,8 @@ class CohortStream:
             while self.todo or self.plans or self.states:
                 self.plan_ahead()
                 self._dispatch()
-                waiting = [*self.in_flight, *self.probes, *self.writing, *self.commits, *self.plans, *self.starting]
+                waiting = [*self.in_flight, *self.probes, *self.writing, *self.commits, *self.plans, *self.starting,
+                           *self.readers_starting]
                 if not waiting:
                     raise RuntimeError(f"internal error: slides {sorted(self.states)} have work left but nothing "
                                        "is running")
@@ -138,6 +143,8 @@ class CohortStream:
                 for ref in done:
                     if ref in self.starting:
                         self._started(ref)
+                    elif ref in self.readers_starting:
+                        self._reader_started()
                     elif ref in self.probes:
                         self._probe(ref)
                     elif ref in self.in_flight:
@@ -156,6 +163,7 @@ class CohortStream:
             self.manifest.write(self.output_dir)
             raise
         finally:
+            self._close_here()
             self.bars.close()
         for ref in list(self.probes):  # actors that restarted last: record who they are now
             try:
@@ -216,26 +224,36 @@ class CohortStream:
             self.manifest.slides[info.slide_id].status = "running"
 
     def start_here(self) -> None:
-        """Plan the first slide and read its first batches in this process, while the reader processes
-        start (seconds: they import tiatoolbox, which imports torch). This process has the slide
-        reader loaded already (the input checks opened every slide), so the first model actor to
-        load its model finds its first batches waiting. Not with a detector: detectors run in the
-        readers. A batch that cannot be read here is left to the readers, whose error the slide gets."""
+        """Plan the first slide in this process, while the reader processes start (seconds: they
+        import tiatoolbox, which imports torch); until one has, batches are read here too
+        (:meth:`_read`). This process has the slide reader loaded already (the input checks opened
+        every slide), so the first model actor to load its model finds its first batches waiting.
+        Not with a detector: detectors run in the readers."""
         if self.prompts is None or not self.todo:
             return
         info = self.todo.popleft()
         self.manifest.slides[info.slide_id].status = "running"
         try:
-            with info.open() as slide:
-                self._opened(info, plan_slide(slide, self.prompts.get(info.slide_id, []), self.schedule))
-                for batch in list(self.queue)[:self.max_in_flight]:
-                    needed = self.states[info.slide_id].plan.prompts_by_id(i for w in batch.windows
-                                                                          for i in w.prompt_ids)
-                    batch.jobs = ray.put(list(read_jobs(slide, needed, batch.windows)))
-                    self.read_ahead += 1
-        except Exception as exc:  # noqa: BLE001 - unreadable slide: it fails, or its readers say why
-            if info.slide_id not in self.states:
-                self._fail(info.slide_id, exc, stage="planning")
+            plan = plan_slide(self._slide_here(info), self.prompts.get(info.slide_id, []), self.schedule)
+        except Exception as exc:  # noqa: BLE001 - unreadable slide: it fails, as a reader's plan would
+            self._fail(info.slide_id, exc, stage="planning")
+            return
+        self._opened(info, plan)
+
+    def _slide_here(self, info: SlideInfo):
+        if info.slide_id not in self.open_here:
+            self.open_here[info.slide_id] = info.open()
+        return self.open_here[info.slide_id]
+
+    def _reader_started(self) -> None:
+        """A reader process has started: it reads from now on (this process closes its slides)."""
+        self.readers_starting.clear()  # its answer (or its error) is for the reads to tell
+        self._close_here()
+
+    def _close_here(self) -> None:
+        for slide in self.open_here.values():
+            slide.close()
+        self.open_here.clear()
 
     def _open_slide(self, plan_ref) -> None:
         """A plan is ready: start the slide's writer and queue its batches."""
@@ -329,9 +347,16 @@ class CohortStream:
         return min(free, key=lambda a: (self.load[a], a)) if free else None
 
     def _read(self, batch: _Batch):
-        """Start reading a batch's patch pairs (a ref the model actor's call takes as its argument)."""
+        """Start reading a batch's patch pairs (a ref the model actor's call takes as its argument):
+        in a reader process, or here while none has started. A batch that cannot be read here goes
+        to the readers, whose error its slide gets."""
         st = self.states[batch.slide_id]
         needed = st.plan.prompts_by_id(i for w in batch.windows for i in w.prompt_ids)
+        if self.readers_starting:
+            try:
+                return ray.put(list(read_jobs(self._slide_here(st.info), needed, batch.windows)))
+            except Exception:  # noqa: BLE001 - left to the readers
+                pass
         return self._reader().read.remote(st.info, needed, batch.windows)
 
     def _pop(self) -> _Batch:
