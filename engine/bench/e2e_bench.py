@@ -43,7 +43,7 @@ from ..distributed.actors import OMP_WAIT_ENV
 from .common import BenchOptions, SuiteResult, Timer, cached_slide, fmt, headline, pct
 
 STITCH_TARGET = 0.10  # label stitching <= 10% of model time (in-process)
-FIRST_BATCH_TARGET_S = 20.0  # first batch done, from process start (an idle 2-core machine)
+FIRST_BATCH_TARGET_S = 20.0  # first batch done, from process start (demo model, an idle 2-core machine)
 BUSY_TARGET = 0.80  # model busy share of the streaming phase, demo model (a --backbone model: BUSY_TARGET_BACKBONE)
 BUSY_TARGET_BACKBONE = 0.90
 OVERHEAD_TARGET = 1.3  # Ray wall after Ray up / in-process wall
@@ -494,7 +494,8 @@ def result(opts, inputs, model_text, rf, ray_run, ip, ip_run, cohort, seconds) -
     busy_target = BUSY_TARGET_BACKBONE if opts.e2e_backbone else BUSY_TARGET
     first, busy = rf["first_batch_s"], rf["busy_share"]
     heads = [headline("Ray path: time to first batch (from process start)", first or float("nan"), "s",
-                      f"<= {FIRST_BATCH_TARGET_S:.0f} s (idle)", None if first is None else first <= FIRST_BATCH_TARGET_S,
+                      f"<= {FIRST_BATCH_TARGET_S:.0f} s (demo model, idle)",
+                      None if first is None or opts.e2e_backbone else first <= FIRST_BATCH_TARGET_S,
                       f"Ray up at {fmt(rf['ray_up_s'])} s, actor ready at {fmt(rf['actors_ready_s'])} s"),
              headline("Ray path: model busy share of streaming", 100 * (busy or float("nan")), "%",
                       f">= {pct(busy_target)}", None if busy is None else busy >= busy_target,
