@@ -18,7 +18,6 @@ with their slide (see ``executor.py``).
 """
 from __future__ import annotations
 
-import contextlib
 import sys
 import time
 from collections import deque
@@ -114,9 +113,9 @@ class CohortStream:
                         for _ in range(len(actors))]
         self.reads = 0
         # Until a reader has started ("ready" refs pending), this process plans the first slide and
-        # reads batches itself (see start_here), from slides it keeps open meanwhile.
+        # reads batches itself (see start_here), from slides it keeps open until they end.
         self.readers_starting: dict = {r.ready.remote(): k for k, r in enumerate(self.readers)}
-        self.open_here: dict = {}  # slide id -> Slide opened in this process
+        self.open_here: dict = {}  # slide id -> Slide opened in this process (first reads, redos)
         # After a call on actor k failed: identify ref -> (k, when asked, the batches that failed on
         # it). An actor gets no work until its probe answers: Ray rejects calls made while an actor
         # restarts, and the answer's pid tells whether the process really died.
@@ -246,14 +245,15 @@ class CohortStream:
         return self.open_here[info.slide_id]
 
     def _reader_started(self) -> None:
-        """A reader process has started: it reads from now on (this process closes its slides)."""
+        """A reader process has started: it reads from now on."""
         self.readers_starting.clear()  # its answer (or its error) is for the reads to tell
-        self._close_here()
 
-    def _close_here(self) -> None:
-        for slide in self.open_here.values():
-            slide.close()
-        self.open_here.clear()
+    def _close_here(self, slide_id: str | None = None) -> None:
+        """Close the slides this process opened (``slide_id``: that one, if open)."""
+        for sid in [slide_id] if slide_id is not None else list(self.open_here):
+            slide = self.open_here.pop(sid, None)
+            if slide is not None:
+                slide.close()
 
     def _open_slide(self, plan_ref) -> None:
         """A plan is ready: start the slide's writer and queue its batches."""
@@ -420,10 +420,11 @@ class CohortStream:
 
     def _redo(self, st: _SlideState, entry, outcome, windows) -> None:
         """Count a settled batch; its prompts cut by their LR window become batches of coarser windows."""
-        # The slide snaps the new windows' centres to its pyramid, as in plan_slide.
-        with st.info.open() if outcome.redo else contextlib.nullcontext() as slide:
-            new = add_outcome(entry, outcome, windows, st.plan, completion_limits(st.info, self.schedule, self.output),
-                              slide and slide.patch_pair, self.cfg.windows_per_batch, st.pending)
+        # The slide snaps the new windows' centres to its pyramid, as in plan_slide (kept open here
+        # until the slide ends: redos come batch after batch).
+        slide = self._slide_here(st.info) if outcome.redo else None
+        new = add_outcome(entry, outcome, windows, st.plan, completion_limits(st.info, self.schedule, self.output),
+                          slide and slide.patch_pair, self.cfg.windows_per_batch, st.pending)
         # First in the queue: the slide finishes (and frees its writer and memory) before later ones go on.
         self.queue.extendleft(reversed([_Batch(st.info.slide_id, b[0].window_id, b) for b in new]))
         st.batches_left += len(new)
@@ -486,6 +487,7 @@ class CohortStream:
             self._fail(slide_id, exc, stage="writing")
             return
         self.states.pop(slide_id)
+        self._close_here(slide_id)
         entry = self.manifest.slides[slide_id]
         entry.status, entry.seconds = "done", res.timings_s
         self.results[slide_id] = res
@@ -506,6 +508,7 @@ class CohortStream:
         entry = self.manifest.slides[slide_id]
         entry.status, entry.error = status, message
         st = self.states.pop(slide_id, None)
+        self._close_here(slide_id)
         if st is not None:
             try:
                 ray.get(self.writers[st.writer].abort.remote(slide_id), timeout=30)
