@@ -4,8 +4,8 @@ Long-lived processes only: model actors, reader actors (plans, patch pairs) and 
 (each open slide has one ``SlideWriter`` in one of them), so no process starts per slide or batch.
 All start together. Until a reader has started, the driver plans the first slide and reads its
 batches (it has the slide reader loaded already; the readers take seconds to import it); then the
-readers plan the next slides and read batches ahead; each model actor gets batches as soon as it has loaded
-its model (no waiting for the slowest one; a batch is tied to an actor only when sent to it).
+readers plan the next slides and read batches ahead. Each model actor gets batches as soon as it
+has loaded its model (no waiting for the slowest one; a batch is tied to an actor only when sent).
 
 Bounded everywhere, so memory stays flat for a cohort of any size: slides are planned lazily (at
 most ``PLAN_AHEAD`` plans outstanding, only while the batch queue runs short), and at most
@@ -240,6 +240,7 @@ class CohortStream:
         self._opened(info, plan)
 
     def _slide_here(self, info: SlideInfo):
+        """The slide, opened in this process (kept until the slide ends: :meth:`_close_here`)."""
         if info.slide_id not in self.open_here:
             self.open_here[info.slide_id] = info.open()
         return self.open_here[info.slide_id]
