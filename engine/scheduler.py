@@ -51,7 +51,7 @@ class ScheduleConfig:
     max_level: int = 8  # coarsest level: hr_mpp * 2**max_level
     complete_cut_objects: bool = True  # masks cut by their window: LR mask, then coarser pairs (completion.py)
     exact_packing: bool = False  # every cluster packed by exact set cover: fewer windows, slower planning
-    packing: str = "rarest-first"  # or "row-greedy" (before rarest first: outputs of older versions)
+    packing: str = PACKINGS[0]  # "rarest-first", or "row-greedy" (before rarest first: outputs of older versions)
 
     def __post_init__(self) -> None:
         for name in ("hr_mpp", "lr_mpp", "points_extent_um"):

@@ -39,7 +39,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from ..distributed.actors import OMP_WAIT_ENV
+from ..distributed.actors import OMP_WAIT_ENV, OMP_WAIT_POLICY
 from .common import BenchOptions, SuiteResult, Timer, cached_slide, fmt, headline, pct
 
 STITCH_TARGET = 0.10  # label stitching <= 10% of model time (in-process)
@@ -328,7 +328,7 @@ def run_in_process(slide: Path, prompts: Path, out: Path, model_file: Path, devi
             "device": device, "report": str(work / "inprocess.json")}
     # OpenMP threads sleep when they wait, as in the model actors (actors.OMP_WAIT_ENV): spinning ones
     # make the in-process run many times slower whenever other work shares the cores.
-    env = _env({OMP_WAIT_ENV: os.environ.get(OMP_WAIT_ENV, "PASSIVE")})
+    env = _env({OMP_WAIT_ENV: os.environ.get(OMP_WAIT_ENV, OMP_WAIT_POLICY)})
     run = run_tree([sys.executable, "-m", "engine.bench.e2e_bench", json.dumps(spec)], env, work / "inprocess.log")
     if run.rc != 0:
         raise RuntimeError(f"in-process child failed (exit {run.rc}):\n{run.tail()}")

@@ -59,7 +59,7 @@ class ModelActor:
         # other jobs); each op then waits for a spinning thread the OS took off its core. Measured
         # on a busy 2-core machine, 2 threads: 8 batches of the demo model took 29 s spinning, 0.7 s
         # sleeping (1 thread: 0.68 s).
-        os.environ.setdefault(OMP_WAIT_ENV, "PASSIVE")
+        os.environ.setdefault(OMP_WAIT_ENV, OMP_WAIT_POLICY)
         import torch
 
         gpu_ids = tuple(str(g) for g in ray.get_gpu_ids())
@@ -126,7 +126,7 @@ def actor_device(who: str, gpu_ids: tuple[str, ...], allow_cpu: bool) -> str:
 
 
 #: OpenMP's wait policy, set for model actors (unless set already): see ModelActor.
-OMP_WAIT_ENV = "OMP_WAIT_POLICY"
+OMP_WAIT_ENV, OMP_WAIT_POLICY = "OMP_WAIT_POLICY", "PASSIVE"
 #: Fault injection for the engine's own fault tests: a model actor given a batch of this slide
 #: ends its process at once, as an out-of-memory kill would.
 FAULT_ENV = "WSISAM_ENGINE_TEST_KILL_WORKER_ON_SLIDE"
