@@ -2,5 +2,5 @@
 paper's prompt protocols (``engine.evaluation.protocols``) and the scheduler's packings."""
 
 PROTOCOL_NAMES = ("boxes", "points3", "points5", "points10", "detector")
-#: ``ScheduleConfig.packing``: the default, and the row greedy alone (small clusters exact) as before it.
-PACKINGS = ("rarest-first", "row-greedy")
+#: ``ScheduleConfig.packing``: the default, then the packings of older versions (newest first).
+PACKINGS = ("local-search", "rarest-first", "row-greedy")

@@ -11,17 +11,20 @@ Rules (all deterministic: the same prompts and settings give the same windows):
 - Packing: within a level, prompts sorted by (top, left, id) seed windows in turn; each window
   takes, in the same order, every still-unplaced prompt whose extent keeps the union of extents
   (plus context) inside one HR patch (the row greedy). Prompts that can share windows form
-  clusters (connected through pairs that fit one window together). With ``packing="rarest-
-  first"`` (the default), each cluster the greedy packs into more windows than a lower bound is
-  packed again by a rarest-first set cover (:func:`_rarest_first_groups`), kept when it gives
-  fewer windows. Then each such cluster of at most ``EXACT_MAX_PROMPTS`` prompts (every cluster
-  with ``exact_packing``) is re-packed by an exact set cover (HiGHS, capped in branch-and-bound
-  nodes, not time), kept when it gives fewer windows again: never more windows than the row
-  greedy (``packing="row-greedy"``: the greedy and the exact solves alone, as versions before
-  rarest-first). On the 500-object layout of ``bench passes``: 84 windows (87 row greedy, 79 exact
-  and the lower bound), 10,000 prompts planned in about 0.15 s. A window is centred on the union
-  of its prompts' extents. Every prompt lands in exactly one window; encoder passes per prompt =
-  2 x windows / prompts.
+  clusters (connected through pairs that fit one window together). Unless ``packing="row-
+  greedy"``, each cluster the greedy packs into more windows than a lower bound is packed again
+  by a rarest-first set cover (:func:`_rarest_first_groups`), kept when it gives fewer windows.
+  With ``packing="local-search"`` (the default), each such cluster of more than
+  ``EXACT_MAX_PROMPTS`` prompts still above the bound then loses windows to an ejection-chain
+  local search (``engine.packing_search``: a window is removed when its prompts can be placed in
+  the others, moving them). Then each cluster of at most ``EXACT_MAX_PROMPTS`` prompts (every
+  cluster with ``exact_packing``) still above the bound is re-packed by an exact set cover
+  (HiGHS, capped in branch-and-bound nodes, not time), kept when it gives fewer windows again:
+  each packing uses no more windows than the one before it ("row-greedy" and "rarest-first" pack
+  as older versions did). On the 500-object layout of ``bench passes``: 80 windows by default,
+  lower bound 79 (rarest first 84, row greedy 87, exact 79); 10,000 prompts planned in about
+  0.3 s. A window is centred on the union of its prompts' extents. Every prompt lands in exactly
+  one window; encoder passes per prompt = 2 x windows / prompts.
 - A mask cut by its window is completed afterwards (``engine.completion``), which may send its
   prompt to a coarser window packed by :func:`pack_level`; those windows add to the count.
 """
@@ -51,7 +54,7 @@ class ScheduleConfig:
     max_level: int = 8  # coarsest level: hr_mpp * 2**max_level
     complete_cut_objects: bool = True  # masks cut by their window: LR mask, then coarser pairs (completion.py)
     exact_packing: bool = False  # every cluster packed by exact set cover: fewer windows, slower planning
-    packing: str = PACKINGS[0]  # "rarest-first", or "row-greedy" (before rarest first: outputs of older versions)
+    packing: str = PACKINGS[0]  # "local-search"; "rarest-first", "row-greedy": the packings of older versions
 
     def __post_init__(self) -> None:
         for name in ("hr_mpp", "lr_mpp", "points_extent_um"):
@@ -298,11 +301,12 @@ def _exact_groups(ext: np.ndarray, usable: float, pairs: np.ndarray) -> list[lis
 
 
 def _pack_level(exts: list[_Extent], usable: float, exact_all: bool = False,
-                rarest_first: bool = True) -> list[list[int]]:
+                packing: str = PACKINGS[0]) -> list[list[int]]:
     """Groups of indices into ``exts`` (sorted by top, left, id): the row greedy; each cluster it
-    packs into more windows than a lower bound re-packed rarest first (``rarest_first``) and then,
-    if small (any size if ``exact_all``) and still above the bound, exactly, each kept only when it
-    gives fewer windows."""
+    packs into more windows than a lower bound re-packed rarest first (unless ``packing`` is
+    "row-greedy"), then improved by the window-removing local search (``packing`` "local-search",
+    clusters of more than ``EXACT_MAX_PROMPTS`` prompts) and, if small (any size if ``exact_all``)
+    and still above the bound, packed exactly; each step kept only when it gives fewer windows."""
     if len(exts) < 2:
         return [[0]] if exts else []
     ext = np.asarray(exts, dtype=np.float64)
@@ -314,20 +318,24 @@ def _pack_level(exts: list[_Extent], usable: float, exact_all: bool = False,
     clusters = _clusters(len(exts), pairs)
     out: list[list[int]] = []
     for cluster, inner in zip(clusters, _cluster_pairs(len(exts), pairs, clusters)):
-        mine = [groups[g] for g in dict.fromkeys(group_of[cluster].tolist())]
+        mine = [np.searchsorted(cluster, groups[g]).tolist() for g in dict.fromkeys(group_of[cluster].tolist())]
         exact = exact_all or len(cluster) <= EXACT_MAX_PROMPTS
-        if len(mine) > 1 and (rarest_first or exact):
+        if len(mine) > 1 and (packing != "row-greedy" or exact):
             adjacency = _adjacency(len(cluster), inner)
             bound = _independent_count(len(cluster), inner, adjacency)
-            if rarest_first and bound < len(mine):
+            if packing != "row-greedy" and bound < len(mine):
                 other = _rarest_first_groups(ext[cluster], usable, adjacency)
                 if len(other) < len(mine):
-                    mine = [cluster[g].tolist() for g in other]
+                    mine = other
+            if packing == "local-search" and len(cluster) > EXACT_MAX_PROMPTS and bound < len(mine):
+                from .packing_search import eliminate_windows
+
+                mine = eliminate_windows(ext[cluster], usable, adjacency, mine, bound)
             if exact and bound < len(mine):
                 other = _exact_groups(ext[cluster], usable, inner)
                 if other is not None and len(other) < len(mine):
-                    mine = [cluster[g].tolist() for g in other]
-        out += mine
+                    mine = other
+        out += [cluster[g].tolist() for g in mine]
     return sorted((sorted(g) for g in out), key=lambda g: g[0])
 
 
@@ -346,8 +354,7 @@ def pack_level(level: int, items: list[tuple[_Extent, int]], slide_mpp: float,
     pair (centred on the union of its extents) and its sorted prompt ids."""
     exts = [e for e, _ in items]
     out = []
-    for members in _pack_level(exts, _usable_l0_px(cfg, level, slide_mpp), cfg.exact_packing,
-                               cfg.packing == "rarest-first"):
+    for members in _pack_level(exts, _usable_l0_px(cfg, level, slide_mpp), cfg.exact_packing, cfg.packing):
         ux0, uy0 = min(exts[m][0] for m in members), min(exts[m][1] for m in members)
         ux1, uy1 = max(exts[m][2] for m in members), max(exts[m][3] for m in members)
         pair = concentric_pair(((ux0 + ux1) / 2, (uy0 + uy1) / 2), cfg.patch_px, cfg.hr_mpp * 2**level,

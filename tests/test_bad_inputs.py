@@ -131,7 +131,7 @@ CASES = [
     Case("rerun-other-packing", lambda e: e.good("--exact-packing"), 2,
          lambda e: ["good: ", "schedule.exact_packing", "--overwrite"]),
     Case("rerun-row-greedy-packing", lambda e: e.good("--packing", "row-greedy"), 2,
-         lambda e: ["good: ", 'schedule.packing ("rarest-first" -> "row-greedy")', "--overwrite"]),
+         lambda e: ["good: ", 'schedule.packing ("local-search" -> "row-greedy")', "--overwrite"]),
     Case("packing-unknown", lambda e: e.good("--packing", "fast"), 2,
          lambda e: ["--packing", "invalid choice: 'fast'"]),
     Case("rerun-other-output-option", lambda e: e.good("--min-area-um2", "50"), 2,

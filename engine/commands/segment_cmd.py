@@ -41,13 +41,15 @@ def add_parser(sub, name: str) -> None:
     from ..protocol_names import PACKINGS
 
     r.add_argument("--packing", choices=list(PACKINGS), default=PACKINGS[0],
-                   help="rarest-first: per cluster of prompts, the fewer windows of the row greedy and a rarest-"
-                        "first set cover (on a dense 500-object layout 84 windows instead of 87); row-greedy: the "
-                        "row greedy alone, as versions before rarest-first (a rerun over their folders skips "
-                        "them); both under a second for 10,000 prompts")
+                   help="local-search: rarest first, then a local search that removes windows while it can "
+                        "place their prompts in the others (on a dense 500-object layout 80 windows, lower bound "
+                        "79); rarest-first: per cluster of prompts, the fewer windows of the row greedy and a "
+                        "rarest-first set cover (84 windows); row-greedy: the row greedy alone (87). The last two "
+                        "pack as older versions did: a rerun with them over their folders skips their slides. "
+                        "All under a second for 10,000 prompts")
     r.add_argument("--exact-packing", action="store_true",
                    help="pack prompts into the fewest windows by exact set cover (HiGHS): on a dense 500-object "
-                        "layout 79 windows instead of 84 for ~1-3 s of planning; minutes for 10,000 prompts that "
+                        "layout 79 windows instead of 80 for ~1-3 s of planning; minutes for 10,000 prompts that "
                         "form one cluster")
     r.add_argument("--slide-mpp", type=float, default=None, help="level-0 µm/px for slides without one")
     r.add_argument("--ngff", choices=["0.4", "0.5"], default="0.5", help="0.4 (zarr v2) for QuPath/tiatoolbox")
