@@ -317,6 +317,28 @@ def test_model_spec_imports_without_torch():
     assert "TORCH False" in proc.stdout, proc.stdout[-2000:] + proc.stderr[-2000:]
 
 
+def test_a_model_process_never_imports_torchvision_yet_segment_anything_works_whole():
+    """A model actor builds its segmenter from ``wsisam`` and SAM's model classes only: no
+    torchvision (1.3 s of its start), which segment_anything's package ``__init__`` imports for
+    SAM's predictor. In the same process, segment_anything's whole API still imports and works,
+    and its model classes are the ones WSI-SAM was built from."""
+    import subprocess
+    import sys
+
+    code = ("import sys\nfrom engine.distributed.model_spec import ModelSpec\n"
+            "seg = ModelSpec.demo().segmenter('cpu')\n"
+            "print('TORCHVISION', 'torchvision' in sys.modules)\n"
+            "from segment_anything import SamPredictor, sam_model_registry\n"
+            "import segment_anything.modeling as m, wsisam\n"
+            "sam = sam_model_registry['vit_b']()\n"
+            "p = SamPredictor(sam)\n"
+            "print('WHOLE', type(sam.image_encoder) is m.ImageEncoderViT, 'torchvision' in sys.modules,\n"
+            "      isinstance(wsisam.build_wsisam('vit_test').mask_decoder_hr, m.MaskDecoder))\n")
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert "TORCHVISION False" in proc.stdout, proc.stdout[-2000:] + proc.stderr[-2000:]
+    assert "WHOLE True True True" in proc.stdout, proc.stdout[-2000:] + proc.stderr[-2000:]
+
+
 @pytest.mark.slow
 def test_actors_module_imports_without_torch():
     """Ray's reader and model processes import the actors module first: without torch, and without

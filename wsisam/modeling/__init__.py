@@ -1,4 +1,8 @@
-from .tiny_vit import TinyViT
+from .sam_package import defer_package_init
+
+defer_package_init()  # segment_anything's predictor (and torchvision) only when asked for: sam_package.py
+
+from .tiny_vit import TinyViT  # noqa: E402
 from .vit_encoder import ViTFeatureEncoder
 from .wsi_decoder import WSI_PARAM_PREFIXES, DecoderOutput, WsiMaskDecoder
 from .wsisam import EncodedImages, WsiSam, WsiSamOutput
