@@ -41,7 +41,23 @@ def test_generation_is_fast_enough(syn):
 
 
 def test_tiatoolbox_sees_all_levels_and_mpp(syn):
-    with open_slide(syn.path) as slide:
+    import logging
+
+    from tiatoolbox import logger as tia_logger
+
+    warnings: list[logging.LogRecord] = []
+    handler = logging.Handler(logging.WARNING)
+    handler.emit = warnings.append
+    tia_logger.addHandler(handler)
+    try:
+        slide = open_slide(syn.path)
+    finally:
+        tia_logger.removeHandler(handler)
+    # the OME-XML names the objective (20x at 0.5 µm/px): tiatoolbox (which logs to the root
+    # logger) reads it and warns of nothing about the slide
+    assert [r.getMessage() for r in warnings if r.name != "py.warnings"] == []
+    assert slide.reader.info.objective_power == 20
+    with slide:
         assert slide.slide_id == "s1"
         assert slide.dimensions_l0_px == (W, H)
         assert slide.mpp == pytest.approx(MPP, rel=1e-6)
