@@ -216,3 +216,49 @@ def test_rarest_first_packs_as_before_the_local_search():
     assert len(windows) == 84
     digest = hashlib.sha256(repr([w.prompt_ids for w in windows]).encode()).hexdigest()
     assert digest == "74d8ead8bf4702d32cd1fe3dff2f861b290eaf37dd9b6999465268982da57d11"
+
+
+def nucleus_boxes(side_px: float, n: int, seed: int, origin=(0.0, 0.0)) -> np.ndarray:
+    """``n`` nucleus-sized boxes (5-10 µm at 0.5 µm/px) spread over a ``side_px`` square."""
+    rng = np.random.default_rng(seed)
+    xy = rng.uniform(0, side_px, (n, 2)) + origin
+    return np.hstack([xy, xy + rng.uniform(10, 20, (n, 2))])
+
+
+def test_crowded_prompts_are_packed_on_a_grid_in_little_memory():
+    """20,000 nucleus boxes over 2 x 2 mm (5,000 per mm², as a detector gives in dense tissue):
+    the pairs of prompts that fit a window together would number 10**8 (11 GiB and 90 s of
+    planning by rarest first); the grid packs them into the fewest windows possible for that span
+    (3 x 3) with little memory. Sparse prompts elsewhere on the slide are packed as before."""
+    import tracemalloc
+
+    crowd = nucleus_boxes(4000, 20_000, 0)
+    sparse = layout_prompts(10_000, 130, 0)  # to the right of the crowd, far from it
+    prompts = [Prompt("c", i, box_l0_px=tuple(b)) for i, b in enumerate(crowd.tolist())]
+    prompts += [Prompt("c", len(crowd) + p.prompt_id, box_l0_px=(p.box_l0_px[0] + 20_000, *p.box_l0_px[1:2],
+                                                                 p.box_l0_px[2] + 20_000, p.box_l0_px[3]))
+                for p in sparse]
+    tracemalloc.start()
+    windows = schedule_windows("c", prompts, SLIDE_MPP, LAYOUT_CFG)
+    peak = tracemalloc.get_traced_memory()[1]
+    tracemalloc.stop()
+    check_windows(prompts, windows, LAYOUT_CFG)
+    in_crowd = [w for w in windows if max(w.prompt_ids) < len(crowd)]
+    assert len(in_crowd) == 9 and sum(len(w.prompt_ids) for w in in_crowd) == len(crowd)
+    assert len(windows) - 9 == len(schedule_windows("c", sparse, SLIDE_MPP, LAYOUT_CFG))  # 23, as alone
+    assert peak < 300 * 2**20, f"{peak / 2**20:.0f} MiB"
+    shuffled = [prompts[i] for i in np.random.default_rng(1).permutation(len(prompts))]
+    assert schedule_windows("c", shuffled, SLIDE_MPP, LAYOUT_CFG) == windows
+
+
+def test_the_edge_of_a_crowd_joins_its_grid():
+    """10,000 boxes of 20-60 px over 6.65 x 6.65 mm: crowded in the middle, less so at the edges,
+    which join the grid rather than being packed apart (64 windows, as rarest first, which takes
+    about 20 times longer here)."""
+    rng = np.random.default_rng(0)
+    xy, wh = rng.uniform(0, 13_300, (10_000, 2)), rng.uniform(20, 60, (10_000, 2))
+    prompts = [Prompt("g", i, box_l0_px=(x, y, x + w, y + h)) for i, ((x, y), (w, h)) in
+               enumerate(zip(xy.tolist(), wh.tolist()))]
+    windows = schedule_windows("g", prompts, SLIDE_MPP, LAYOUT_CFG)
+    check_windows(prompts, windows, LAYOUT_CFG)
+    assert len(windows) == 64
