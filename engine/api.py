@@ -7,7 +7,7 @@ from dataclasses import asdict, replace
 from pathlib import Path
 
 from .detectors import get_detector
-from .distributed.cluster import connect
+from .distributed.cluster import connect, stop_ray
 from .distributed.executor import ExecutionConfig, new_manifest, new_run_id, run_cohort
 from .distributed.model_spec import ModelSpec
 from .output_folder import RESERVED_NAMES, RunLock
@@ -92,8 +92,6 @@ def segment_slides(slides: Iterable[str | os.PathLike] | str | os.PathLike, *,
 
     Returns one :class:`SlideResult` per slide (``.geodataframe()`` loads its polygons).
     """
-    import ray
-
     if (prompts is None) == (detector is None):
         raise ValueError("give prompts or a detector (exactly one)")
     paths = find_slides([slides] if isinstance(slides, (str, os.PathLike)) else slides)
@@ -141,4 +139,4 @@ def segment_slides(slides: Iterable[str | os.PathLike] | str | os.PathLike, *,
                               cluster, manifest, settings)
         finally:
             if cluster is not None and cluster.embedded:
-                ray.shutdown()
+                stop_ray()

@@ -53,7 +53,9 @@ def console_main(argv: list[str] | None = None) -> None:
     code = main(argv)
     ray = sys.modules.get("ray")
     if ray is not None and ray.is_initialized():  # joined a cluster: disconnect, as at a normal exit
-        ray.shutdown()
+        from .distributed.cluster import stop_ray
+
+        stop_ray()
     logging.shutdown()
     sys.stdout.flush()
     sys.stderr.flush()

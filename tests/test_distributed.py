@@ -397,3 +397,25 @@ def test_in_process_pipeline_writes_the_same_bytes_as_ray(cohort, embedded_run, 
         for s in (sa, sb):
             s["result"].pop("timings_s"), s["result"].pop("output_dir")
         assert sa == sb, {k: (sa.get(k), sb.get(k)) for k in sa.keys() | sb.keys() if sa.get(k) != sb.get(k)}
+
+
+def test_stopping_an_embedded_ray_leaves_none_of_its_processes():
+    """``stop_ray`` kills the embedded Ray's autoscaler monitor first (Ray's own shutdown waits a
+    second on it), then shuts Ray down: every process the embedded Ray started has ended, and a
+    new embedded Ray starts afterwards."""
+    import ray
+
+    from engine.distributed.cluster import connect, stop_ray
+
+    assert not ray.is_initialized()
+    me = psutil.Process()
+    for _ in range(2):
+        before = set(me.children(recursive=True))  # other tests' heads may be running
+        info = connect(num_cpus=1)
+        assert info.embedded and ray.get(ray.put(7)) == 7
+        started = [p for p in me.children(recursive=True) if p not in before]
+        assert len(started) >= 4  # GCS, raylet, monitor, log monitor, dashboard, workers...
+        stop_ray()
+        assert not ray.is_initialized()
+        _, alive = psutil.wait_procs(started, timeout=15)
+        assert alive == [], [p.pid for p in alive]

@@ -13,11 +13,9 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
-import ray
-
 from ..api import segment_slides
 from .demo_eval import make_demo_slide
-from ..distributed.cluster import connect
+from ..distributed.cluster import connect, stop_ray
 from ..distributed.executor import ExecutionConfig
 from ..distributed.model_spec import ModelSpec
 from ..evaluation import BoxProtocol, SlideTarget, evaluate_predictions, resolve_predictions, write_report
@@ -62,7 +60,7 @@ def run_demo(out_dir: str | os.PathLike, seed: int = 2026, model: ModelSpec | No
             outputs[name] = folder / slide.slide_id
     finally:
         if cluster.embedded:
-            ray.shutdown()
+            stop_ray()
     ev = evaluate_predictions({name: resolve_predictions([p]) for name, p in outputs.items()}, truth_path,
                               prompts=prompts_path)
     files = write_report(ev, out / "evaluation", title=f"demo slide seed {seed}, noisy box prompts")
