@@ -23,6 +23,17 @@ def rng():
     return np.random.default_rng(0)
 
 
+def assert_python_prints(code: str, *expected: str, timeout: float = 120) -> None:
+    """Run ``code`` in a fresh interpreter (this one's) and check that its output holds each of
+    ``expected`` (for what a new process imports: modules already loaded here do not count)."""
+    import subprocess
+    import sys
+
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=timeout)
+    for line in expected:
+        assert line in proc.stdout, proc.stdout[-2000:] + proc.stderr[-2000:]
+
+
 def make_model(name: str = "vit_test", seed: int = 0, **overrides) -> wsisam.WsiSam:
     """A model with seeded random weights, all of them non-trivial (BN statistics included)."""
     torch.manual_seed(seed)

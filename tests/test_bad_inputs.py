@@ -18,7 +18,7 @@ import pytest
 
 import engine
 import wsisam
-from conftest import make_model, record_case, tree_hashes
+from conftest import assert_python_prints, make_model, record_case, tree_hashes
 from engine.cli import main
 from engine.distributed.executor import ExecutionConfig
 from engine.scheduler import ScheduleConfig
@@ -190,14 +190,10 @@ def test_bad_input(case: Case, finished, tmp_path, capsys):
 
 def test_help_and_argument_errors_import_no_heavy_package():
     """`wsisam-engine --help` and an argument error answer without importing torch, ray or tiatoolbox."""
-    import subprocess
-    import sys
-
     code = ("import sys, engine.cli\n"
             "for argv in (['--help'], ['segment', '--help'], ['segment', 'x', '--ngff', '9']):\n"
             "    try: engine.cli.main(argv)\n"
             "    except SystemExit: pass\n"
             "heavy = [m for m in ('torch', 'ray', 'tiatoolbox', 'geopandas', 'zarr') if m in sys.modules]\n"
             "print('HEAVY', heavy)\n")
-    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
-    assert "HEAVY []" in proc.stdout, proc.stdout[-2000:] + proc.stderr[-2000:]
+    assert_python_prints(code, "HEAVY []")

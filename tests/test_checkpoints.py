@@ -7,7 +7,7 @@ import pytest
 import torch
 
 import wsisam
-from conftest import DEVICE, make_model, random_pair
+from conftest import DEVICE, assert_python_prints, make_model, random_pair
 
 
 def sam_layout(state: dict) -> dict:
@@ -308,13 +308,9 @@ def test_sam_and_decoder_files_are_mapped_privately_and_decoders_share_no_memory
 
 def test_model_spec_imports_without_torch():
     """Ray's readers and writers import the actors module (and ModelSpec) but never torch."""
-    import subprocess
-    import sys
-
     code = ("import sys\nfrom engine.distributed.model_spec import ModelSpec\n"
             "assert ModelSpec.demo().is_demo\nprint('TORCH', 'torch' in sys.modules)\n")
-    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
-    assert "TORCH False" in proc.stdout, proc.stdout[-2000:] + proc.stderr[-2000:]
+    assert_python_prints(code, "TORCH False")
 
 
 def test_a_model_process_never_imports_torchvision_yet_segment_anything_works_whole():
@@ -322,9 +318,6 @@ def test_a_model_process_never_imports_torchvision_yet_segment_anything_works_wh
     torchvision (1.3 s of its start), which segment_anything's package ``__init__`` imports for
     SAM's predictor. In the same process, segment_anything's whole API still imports and works,
     and its model classes are the ones WSI-SAM was built from."""
-    import subprocess
-    import sys
-
     code = ("import sys\nfrom engine.distributed.model_spec import ModelSpec\n"
             "seg = ModelSpec.demo().segmenter('cpu')\n"
             "print('TORCHVISION', 'torchvision' in sys.modules)\n"
@@ -334,9 +327,7 @@ def test_a_model_process_never_imports_torchvision_yet_segment_anything_works_wh
             "p = SamPredictor(sam)\n"
             "print('WHOLE', type(sam.image_encoder) is m.ImageEncoderViT, 'torchvision' in sys.modules,\n"
             "      isinstance(wsisam.build_wsisam('vit_test').mask_decoder_hr, m.MaskDecoder))\n")
-    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
-    assert "TORCHVISION False" in proc.stdout, proc.stdout[-2000:] + proc.stderr[-2000:]
-    assert "WHOLE True True True" in proc.stdout, proc.stdout[-2000:] + proc.stderr[-2000:]
+    assert_python_prints(code, "TORCHVISION False", "WHOLE True True True", timeout=300)
 
 
 @pytest.mark.slow
@@ -344,16 +335,11 @@ def test_actors_module_imports_without_torch():
     """Ray's reader and model processes import the actors module first: without torch, and without
     the stitching stack (ome-zarr, geopandas), which only writer processes load. A writer process
     never loads the slide reader's stack (tiatoolbox, torch): readers send it the QC thumbnail."""
-    import subprocess
-    import sys
-
     code = ("import sys, engine.distributed.actors as actors\n"
             "print('HEAVY', sorted(m for m in ('torch', 'ome_zarr', 'geopandas') if m in sys.modules))\n"
             "actors.SlideWriterActor()\n"
             "print('WRITER', sorted(m for m in ('torch', 'tiatoolbox', 'geopandas') if m in sys.modules))\n")
-    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
-    assert "HEAVY []" in proc.stdout, proc.stdout[-2000:] + proc.stderr[-2000:]
-    assert "WRITER ['geopandas']" in proc.stdout, proc.stdout[-2000:] + proc.stderr[-2000:]
+    assert_python_prints(code, "HEAVY []", "WRITER ['geopandas']")
 
 
 def test_saved_model_file_has_the_usual_permissions(tmp_path):
