@@ -50,7 +50,8 @@ def add_parser(sub, name: str) -> None:
     r.add_argument("--exact-packing", action="store_true",
                    help="pack prompts into the fewest windows by exact set cover (HiGHS): on a dense 500-object "
                         "layout 79 windows instead of 80 for ~1-3 s of planning; minutes for 10,000 prompts that "
-                        "form one cluster")
+                        "form one cluster. Crowded prompts (more than 1,000 within 3 x 3 windows) are still packed on a "
+                        "grid")
     r.add_argument("--slide-mpp", type=float, default=None, help="level-0 µm/px for slides without one")
     r.add_argument("--ngff", choices=["0.4", "0.5"], default="0.5", help="0.4 (zarr v2) for QuPath/tiatoolbox")
     r.add_argument("--min-area-um2", type=float, default=10.0, help="drop polygons smaller than this")
