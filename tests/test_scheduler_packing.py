@@ -18,7 +18,7 @@ from engine.run_settings import RerunConflictError, plan_rerun, slide_settings
 from engine.scheduler import (ScheduleConfig, _by_level, _fits, _greedy_groups, _usable_l0_px, prompt_extent_l0_px,
                               schedule_windows, windows_lower_bound)
 from engine.slides import SlideInfo
-from engine.support.synthetic import synthetic_truth_boxes
+from engine.support.synthetic import nucleus_boxes, synthetic_truth_boxes
 
 from test_scheduler import CFG, MPP, check_rules, random_prompts
 
@@ -216,13 +216,6 @@ def test_rarest_first_packs_as_before_the_local_search():
     assert len(windows) == 84
     digest = hashlib.sha256(repr([w.prompt_ids for w in windows]).encode()).hexdigest()
     assert digest == "74d8ead8bf4702d32cd1fe3dff2f861b290eaf37dd9b6999465268982da57d11"
-
-
-def nucleus_boxes(side_px: float, n: int, seed: int, origin=(0.0, 0.0)) -> np.ndarray:
-    """``n`` nucleus-sized boxes (5-10 µm at 0.5 µm/px) spread over a ``side_px`` square."""
-    rng = np.random.default_rng(seed)
-    xy = rng.uniform(0, side_px, (n, 2)) + origin
-    return np.hstack([xy, xy + rng.uniform(10, 20, (n, 2))])
 
 
 def test_crowded_prompts_are_packed_on_a_grid_in_little_memory():

@@ -23,7 +23,7 @@ import numpy as np
 
 from ..records import Prompt
 from ..scheduler import schedule_stats, schedule_windows, windows_lower_bound
-from ..support.synthetic import synthetic_truth_boxes
+from ..support.synthetic import nucleus_boxes, synthetic_truth_boxes
 from .common import (SLIDE_MPP, BenchOptions, SuiteResult, Timer, bench_slide, clustered_prompts, fmt, headline,
                      schedule_for, usable_l0_px)
 
@@ -128,10 +128,7 @@ def _first_plan_seconds(seed: int, schedule) -> float:
 def _crowded_planning(seed: int, schedule, side_px: int = 12_000, n: int = 200_000) -> dict:
     """Seconds and windows to plan ``n`` nucleus-sized boxes (10-20 px) spread over a ``side_px``
     square, with the estimated number of compatible pairs (prompts a window apart or less)."""
-    rng = np.random.default_rng(seed)
-    xy = rng.uniform(0, side_px, (n, 2))
-    boxes = np.hstack([xy, xy + rng.uniform(10, 20, (n, 2))])
-    prompts = [Prompt("crowd", i, box_l0_px=tuple(b)) for i, b in enumerate(boxes.tolist())]
+    prompts = [Prompt("crowd", i, box_l0_px=tuple(b)) for i, b in enumerate(nucleus_boxes(side_px, n, seed).tolist())]
     with Timer() as t:
         windows = len(schedule_windows("crowd", prompts, SLIDE_MPP, schedule))
     usable = usable_l0_px(schedule)
