@@ -156,9 +156,8 @@ class CohortStream:
                         self._open_slide(ref)
         except BaseException as exc:
             interrupted = isinstance(exc, KeyboardInterrupt)
-            for sid in list(self.states):
-                self._drop_slide(sid, "interrupted" if interrupted else "failed",
-                                 "run interrupted" if interrupted else f"run aborted: {type(exc).__name__}: {exc}")
+            self._drop_slides(list(self.states), "interrupted" if interrupted else "failed",
+                              "run interrupted" if interrupted else f"run aborted: {type(exc).__name__}: {exc}")
             self.manifest.write(self.output_dir)
             raise
         finally:
@@ -498,29 +497,42 @@ class CohortStream:
     def _fail(self, slide_id: str, exc: BaseException, stage: str) -> None:
         err = original_error(exc) or exc
         message = f"{stage}: {type(err).__name__}: {err}"
-        self._drop_slide(slide_id, "failed", message)
+        self._drop_slides([slide_id], "failed", message)
         self.manifest.write(self.output_dir)
         _say(f"slide {slide_id} failed ({message.splitlines()[0] if message else ''})")
         if self.cfg.fail_fast:
             raise SlideFailedError(f"slide {slide_id} failed: {message}") from err
 
-    def _drop_slide(self, slide_id: str, status: str, message: str) -> None:
-        """Mark a slide failed or interrupted, and remove its partial output."""
-        entry = self.manifest.slides[slide_id]
-        entry.status, entry.error = status, message
-        st = self.states.pop(slide_id, None)
-        self._close_here(slide_id)
-        if st is not None:
+    def _drop_slides(self, slide_ids: list[str], status: str, message: str) -> None:
+        """Mark slides failed or interrupted, and remove their partial outputs. Their writers are
+        asked to abort all at once and waited for together, at most 30 s in all (an interrupted
+        cohort with many open slides ends as soon as one slide would)."""
+        aborts = {}
+        for sid in slide_ids:
+            entry = self.manifest.slides[sid]
+            entry.status, entry.error = status, message
+            st = self.states.pop(sid, None)
+            self._close_here(sid)
+            if st is not None:
+                aborts[sid] = (st.writer, self.writers[st.writer].abort.remote(sid))
+        if aborts:
+            ray.wait([ref for _, ref in aborts.values()], num_returns=len(aborts), timeout=30)
+        died = set()
+        for w, ref in aborts.values():
             try:
-                ray.get(self.writers[st.writer].abort.remote(slide_id), timeout=30)
+                ray.get(ref, timeout=0)
             except _DEATHS:  # its writer process died: a new one serves the next slides
-                self._writer_died(st.writer)
-            except Exception:  # noqa: BLE001 - the partial folder is removed below
+                died.add(w)
+            except Exception:  # noqa: BLE001 - not answered in time: the partial folder is removed below
                 pass
-        remove_tree(self.output_dir, partial_dir(self.output_dir, slide_id).name)
-        self.queue = deque(b for b in self.queue if b.slide_id != slide_id)
+        for w in sorted(died):
+            self._writer_died(w)
+        for sid in slide_ids:
+            remove_tree(self.output_dir, partial_dir(self.output_dir, sid).name)
+        dropped = set(slide_ids)
+        self.queue = deque(b for b in self.queue if b.slide_id not in dropped)
         self.read_ahead = sum(b.jobs is not None for b in self.queue)
-        self.writing = {r: sid for r, sid in self.writing.items() if sid != slide_id}
+        self.writing = {r: sid for r, sid in self.writing.items() if sid not in dropped}
 
 
 def _say(message: str) -> None:
