@@ -49,7 +49,9 @@ def console_main(argv: list[str] | None = None) -> None:
     """The ``wsisam-engine`` program: :func:`main`, then exit at once. By then every output is
     written and closed, and an embedded Ray is shut down; tearing the interpreter down after a
     command that loaded torch, tiatoolbox and Ray takes 1.5-2.5 s more (2-core machine), which
-    ``wsisam-engine segment`` would add to every run. A command that raised exits the usual way."""
+    ``wsisam-engine segment`` would add to every run. Nor does the teardown race the threads Ray
+    leaves running after ``ray.shutdown()`` (its gRPC and core worker IO threads). A command that
+    raised exits the usual way."""
     code = main(argv)
     ray = sys.modules.get("ray")
     if ray is not None and ray.is_initialized():  # joined a cluster: disconnect, as at a normal exit
