@@ -507,18 +507,18 @@ class CohortStream:
         """Mark slides failed or interrupted, and remove their partial outputs. Their writers are
         asked to abort all at once and waited for together, at most 30 s in all (an interrupted
         cohort with many open slides ends as soon as one slide would)."""
-        aborts = {}
+        aborts = []  # (writer index, its answer)
         for sid in slide_ids:
             entry = self.manifest.slides[sid]
             entry.status, entry.error = status, message
             st = self.states.pop(sid, None)
             self._close_here(sid)
             if st is not None:
-                aborts[sid] = (st.writer, self.writers[st.writer].abort.remote(sid))
+                aborts.append((st.writer, self.writers[st.writer].abort.remote(sid)))
         if aborts:
-            ray.wait([ref for _, ref in aborts.values()], num_returns=len(aborts), timeout=30)
+            ray.wait([ref for _, ref in aborts], num_returns=len(aborts), timeout=30)
         died = set()
-        for w, ref in aborts.values():
+        for w, ref in aborts:
             try:
                 ray.get(ref, timeout=0)
             except _DEATHS:  # its writer process died: a new one serves the next slides
