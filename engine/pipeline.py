@@ -139,7 +139,7 @@ def segment_slide(slide: Slide, prompts: list[Prompt], segmenter: WindowSegmente
     t["plan"] = time.perf_counter() - t0
     info = slide.info()
     from .slide_writer import SlideWriter  # the stitching stack, imported when a slide is written
-    from .stitching.thumbnail import qc_thumbnail
+    from .slides.thumbnail import qc_thumbnail
 
     writer = SlideWriter(info, out, output.label_mpp or schedule.hr_mpp, output)
     by_id = plan.prompts_by_id()

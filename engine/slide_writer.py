@@ -29,7 +29,7 @@ from .stitching.mask_cleaning import clean_mask
 from .stitching.nms import CandidateSet
 from .stitching.polygons import SLIDE_COLUMNS, rows_to_geodataframe
 from .stitching.qc_picture import write_slide_qc
-from .stitching.thumbnail import qc_thumbnail
+from .slides.thumbnail import qc_thumbnail
 
 #: SlideWriter.timings keys: label image painting (add), then at commit polygons and the three outputs.
 WRITER_STAGES = ("stitch_labels", "vectorise", "write_pyramid", "write_parquet", "write_geojson", "write_qc")
@@ -108,7 +108,7 @@ class SlideWriter:
         """Trace polygons from the label image, write every output and publish the slide folder.
 
         ``prompts``: the plan's prompts (each segmented once), written to ``prompts.geojson``.
-        ``thumbnail``: the slide's :func:`~engine.stitching.thumbnail.qc_thumbnail`, read by whoever
+        ``thumbnail``: the slide's :func:`~engine.slides.thumbnail.qc_thumbnail`, read by whoever
         has the slide open, for ``qc.png``; without it (and with ``qc``) the writer opens the slide.
         Python's cyclic garbage collector is paused meanwhile: tracing and writing allocate many
         small containers (freed when done), which would set off full collections over every

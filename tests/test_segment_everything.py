@@ -31,7 +31,7 @@ from engine.slides import open_slide
 from engine.stitching.grid import LabelGrid
 from engine.stitching.nms import CandidateSet, MaskFilter
 from engine.stitching.qc_picture import TRUNCATED_RGB, write_slide_qc
-from engine.stitching.thumbnail import bounded_thumbnail, qc_thumbnail
+from engine.slides.thumbnail import bounded_thumbnail, qc_thumbnail
 from engine.support.synthetic import make_synthetic_slide
 
 # Point prompts at the demo model's 1 µm/px (its 256 µm HR field holds a 128 µm extent plus context).

@@ -53,6 +53,9 @@ class BenchOptions:
     e2e_cohort: tuple[int, ...] = ()  # cohort row: slide counts (e.g. 2, 20); empty: no cohort row
     e2e_cohort_side_px: int = 1024
     e2e_cohort_prompts: int = 4
+    # read
+    read_side_px: int = 16384  # square 40x slides (0.25 µm/px), level-0 px
+    read_windows: int = 16  # plan windows read per slide
     quick: bool = False
 
     @staticmethod
@@ -61,6 +64,7 @@ class BenchOptions:
         base = BenchOptions(backbone="vit_test", windows=2, naive_prompts=2, stage_windows=2,
                             memory_sizes=(4_000, 8_000, 12_000, 16_000), memory_prompts=8,
                             scaling_windows=4, scaling_density=2, repeats=2, e2e_side_px=2048, e2e_prompts=8,
+                            read_side_px=8192, read_windows=8,
                             quick=True)
         return replace(base, **overrides)
 
@@ -202,15 +206,16 @@ class CachedSlide:
 
 
 def cached_slide(cache_dir: Path, name: str, side_px: int, seed: int, require_truth: bool = False,
-                 **kwargs) -> CachedSlide:
-    """A square synthetic slide at 0.5 µm/px, generated into ``cache_dir`` once: a sidecar
+                 mpp: float = SLIDE_MPP, **kwargs) -> CachedSlide:
+    """A square synthetic slide at ``mpp`` (0.5 µm/px), generated into ``cache_dir`` once: a sidecar
     JSON records the generation time and the truth boxes, and marks the file complete; the truth
     polygons go beside it as GeoJSON (``require_truth``: regenerate a cached slide without them)."""
     from ..support.synthetic import make_synthetic_slide
 
     cache_dir = Path(cache_dir)
     cache_dir.mkdir(parents=True, exist_ok=True)
-    key = f"{name}_{side_px}_s{seed}" + "".join(f"_{k}{v}" for k, v in sorted(kwargs.items()))
+    key = f"{name}_{side_px}_s{seed}" + ("" if mpp == SLIDE_MPP else f"_mpp{mpp:g}") \
+        + "".join(f"_{k}{v}" for k, v in sorted(kwargs.items()))
     path = cache_dir / f"{key}.ome.tif"
     meta_path = cache_dir / f"{key}.json"
     if path.exists() and meta_path.exists():
@@ -221,7 +226,7 @@ def cached_slide(cache_dir: Path, name: str, side_px: int, seed: int, require_tr
             return c
     meta_path.unlink(missing_ok=True)
     t0 = time.perf_counter()
-    s = make_synthetic_slide(path, side_px, side_px, mpp=SLIDE_MPP, seed=seed, **kwargs)
+    s = make_synthetic_slide(path, side_px, side_px, mpp=mpp, seed=seed, **kwargs)
     dt = time.perf_counter() - t0
     boxes = s.truth_boxes()
     c = CachedSlide(path, s.slide_id, side_px, dt, False, boxes)

@@ -262,7 +262,7 @@ class SlideReaderActor:
 
     def thumbnail(self, info: SlideInfo) -> np.ndarray:
         """The slide's QC thumbnail, for its writer's ``qc.png`` (writers never open slides)."""
-        from ..stitching.thumbnail import qc_thumbnail
+        from ..slides.thumbnail import qc_thumbnail
 
         return qc_thumbnail(self._slide(info))
 

@@ -2,7 +2,7 @@
 
 :func:`qc_picture` (the demo: predictions against truth) and :func:`write_slide_qc` (every
 segmented slide's ``qc.png``: outlines by class, truncated objects dashed red, prompts). Both draw on
-a thumbnail from ``engine.stitching.thumbnail``, whose memory does not grow with the slide; the
+a thumbnail from ``engine.slides.thumbnail``, whose memory does not grow with the slide; the
 slide's ``qc.png`` gets its thumbnail from whoever has the slide open (a reader process), so the
 slide writer never opens slides.
 """
@@ -20,7 +20,7 @@ from PIL import Image, ImageDraw
 from ..records import Prompt
 from ..slides import Slide
 from ..io.colors import class_color_rgb
-from .thumbnail import bounded_thumbnail
+from ..slides.thumbnail import bounded_thumbnail
 
 TRUTH_RGB = (20, 20, 20)
 DEFAULT_RGB = (0, 200, 255)
@@ -87,7 +87,7 @@ def draw_legend(image: Image.Image, entries: list[tuple[str, tuple[int, int, int
 
 def write_slide_qc(thumbnail: np.ndarray, width_l0_px: int, gdf: gpd.GeoDataFrame, prompts: Sequence[Prompt],
                    path: str | os.PathLike) -> Path:
-    """A slide's ``qc.png``: its ``thumbnail`` (:func:`~engine.stitching.thumbnail.qc_thumbnail`, of a
+    """A slide's ``qc.png``: its ``thumbnail`` (:func:`~engine.slides.thumbnail.qc_thumbnail`, of a
     slide ``width_l0_px`` wide), the prompts, the outlines of ``gdf`` (the slide writer's
     objects: ``class_name``, ``geometry`` in level-0 px) coloured by class
     (:func:`engine.io.colors.class_color_rgb`; no class: cyan), those with ``truncated`` set (a column some

@@ -165,13 +165,13 @@ class _Renderer:
                 yield self.tile(level, d, row, col)
 
 
-def _level_dimensions(w: int, h: int, tile_px: int) -> list[tuple[int, int]]:
-    """(width, height) per level: level k has width ceil(W / 2^k), height ceil(H / d_k)."""
+def _level_dimensions(w: int, h: int, tile_px: int, level_step: int = 2) -> list[tuple[int, int]]:
+    """(width, height) per level: level k has width ceil(W / step^k), height ceil(H / d_k)."""
     dims = [(w, h)]
     k = 0
     while max(dims[-1]) > tile_px:
         k += 1
-        wk = max(1, math.ceil(w / 2**k))
+        wk = max(1, math.ceil(w / level_step**k))
         d = w / wk
         dims.append((wk, max(1, math.ceil(h / d - 1e-9))))
     return dims
@@ -210,6 +210,7 @@ def make_synthetic_slide(
     tile_px: int = 512,
     compression: str | None = "jpeg",
     jpeg_quality: int = 90,
+    level_step: int = 2,
     slide_id: str | None = None,
 ) -> SyntheticSlide:
     """Write a pyramidal OME-TIFF of a synthetic H&E slide and return it with its truth.
@@ -226,7 +227,9 @@ def make_synthetic_slide(
             and placed after the large ones; 0 (default) leaves the slide as it always was.
         tissue_fraction: share of the slide covered by the tissue ellipse (1: all of it).
         min_gap_um: least distance between objects' bounding circles.
-        tile_px: TIFF tile size (multiple of 16); the pyramid halves until a level fits a tile.
+        tile_px: TIFF tile size (multiple of 16); the pyramid shrinks until a level fits a tile.
+        level_step: downsample between pyramid levels: 2 (default), or 4 as Aperio's SVS files
+            have (levels 1, 4, 16, ...).
         compression: ``"jpeg"`` (default, fast), ``"zlib"`` or None.
         slide_id: defaults to the file name without ``.ome.tif`` (or its suffix).
     """
@@ -238,7 +241,9 @@ def make_synthetic_slide(
         slide_id = slide_id_from_path(path)
     objs, tissue, truth = build_scene(w, h, mpp, n_objects, seed, n_large, n_edge, context_objects, tissue_fraction,
                                  min_gap_um)
-    dims = _level_dimensions(w, h, tile_px)
+    if level_step not in (2, 4):
+        raise ValueError(f"level_step must be 2 or 4, got {level_step!r}")
+    dims = _level_dimensions(w, h, tile_px, level_step)
     renderer = _Renderer(objs, tissue, mpp, seed, tile_px)
     comp: dict = {}
     if compression == "jpeg":

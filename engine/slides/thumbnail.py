@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 if TYPE_CHECKING:
-    from ..slides import Slide
+    from .slide import Slide
 
 QC_MAX_PX = 2048  # longer side of qc.png ...
 QC_MIN_MPP = 2.0  # ... and no finer than this many µm per pixel (detail is in the label image)

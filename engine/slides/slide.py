@@ -15,8 +15,12 @@ Facts about tiatoolbox 2.1.3 this module relies on or works around:
   64 x 4160 for a 64 x 64 request), so regions that miss the slide are not read at all here.
 - A truncated JPEG tile (or JPEG image) decodes without error to partly wrong pixels, so
   :func:`open_slide` checks that the file holds every byte its structure points to
-  (``engine.slide_integrity``). Garbled bytes inside a JPEG tile may also decode silently
+  (``engine.slides.integrity``). Garbled bytes inside a JPEG tile may also decode silently
   (JPEG has no checksum); zeroed JPEG tiles and damaged deflate tiles raise when read.
+
+Levels of TIFF files that are plain tiled pages are read tile by tile (``engine.slides.tiles``,
+through a tile cache) with tiatoolbox's own choice of level and resampling, so the pixels are
+the ones ``read_rect`` gives; every other slide and level is read by ``read_rect``.
 """
 from __future__ import annotations
 
@@ -27,7 +31,8 @@ from pathlib import Path
 import numpy as np
 
 from engine.geometry import PatchPair, concentric_pair, l0_per_px
-from engine.slide_integrity import check_complete
+from .integrity import check_complete
+from .tiles import TiledTiff
 
 #: Value of every channel of pixels outside the slide (black, unlike white glass).
 PAD_VALUE = 0
@@ -116,7 +121,7 @@ def open_slide(path: str | Path, mpp: float | None = None, slide_id: str | None 
     ``mpp`` (level-0 µm per pixel) overrides the slide's metadata; it is required when the
     slide has none (plain images). ``slide_id`` defaults to the file stem (``a`` for
     ``a.ome.tif``). Raises :class:`SlideError` (naming the file) when the file is missing,
-    unreadable, truncated (:func:`engine.slide_integrity.check_complete`), or has no usable mpp.
+    unreadable, truncated (:func:`engine.slides.integrity.check_complete`), or has no usable mpp.
     """
     path = Path(path)
     slide_id = check_slide_id(slide_id_from_path(path) if slide_id is None else slide_id, path)
@@ -165,6 +170,7 @@ class Slide:
         self.slide_id = slide_id
         self.mpp = mpp
         self.dimensions_l0_px = dimensions_l0_px
+        self._tiles: TiledTiff | None | bool = False  # False: not looked for yet (see _tiled)
 
     def __repr__(self) -> str:
         w, h = self.dimensions_l0_px
@@ -178,6 +184,9 @@ class Slide:
 
     def close(self) -> None:
         """Release the file (TIFF readers hold it open)."""
+        if self._tiles:
+            self._tiles.close()
+        self._tiles = None
         tiff = getattr(self.reader, "tiff", None)
         if tiff is not None:
             tiff.close()
@@ -236,14 +245,7 @@ class Slide:
         if ox >= w or oy >= h or ox + ext <= 0 or oy + ext <= 0:
             return np.full((size_px, size_px, 3), PAD_VALUE, np.uint8)
         try:
-            img = self.reader.read_rect(
-                location=(ox, oy),
-                size=(size_px, size_px),
-                resolution=float(mpp),
-                units="mpp",
-                pad_mode="constant",
-                pad_constant_values=PAD_VALUE,
-            )
+            img = self._read_rect((ox, oy), (size_px, size_px), float(mpp))
         except Exception as e:  # noqa: BLE001
             raise SlideError(self.path, f"cannot read {size_px} px at {mpp} µm/px from ({ox}, {oy}): {e}") from e
         img = _as_rgb_uint8(img)
@@ -251,16 +253,41 @@ class Slide:
             raise SlideError(
                 self.path, f"reader returned {img.shape[:2]} for a {size_px} px read at ({ox}, {oy}), {mpp} µm/px"
             )
-        # Make out-of-slide pixels (centre outside [0, w) x [0, h)) exactly PAD_VALUE.
+        # Make out-of-slide pixels (centre outside [0, w) x [0, h)) exactly PAD_VALUE: those form
+        # a band of rows and of columns at either end (pixel centres increase along each axis).
         rx, ry = self.read_location_l0_px((ox, oy), mpp)
-        centres = (np.arange(size_px) + 0.5) * f
-        outside_c = (rx + centres < 0) | (rx + centres >= w)
-        outside_r = (ry + centres < 0) | (ry + centres >= h)
-        if outside_c.any() or outside_r.any():
-            img = img.copy()
-            img[:, outside_c] = PAD_VALUE
-            img[outside_r, :] = PAD_VALUE
+        c0, c1 = _inside_span(rx, f, size_px, w)
+        r0, r1 = _inside_span(ry, f, size_px, h)
+        if (c0, c1, r0, r1) != (0, size_px, 0, size_px):
+            if not (img.flags.writeable and img.flags.owndata):
+                img = img.copy()
+            for band in (img[:, :c0], img[:, c1:], img[:r0], img[r1:]):
+                band[...] = PAD_VALUE
         return img
+
+    def _tiled(self) -> TiledTiff | None:
+        """The slide's levels read tile by tile (:mod:`engine.slides.tiles`), looked for once."""
+        if self._tiles is False:
+            self._tiles = TiledTiff.from_tiatoolbox(self.reader)
+        return self._tiles
+
+    def _read_rect(self, location_l0_px: tuple[int, int], size_px: tuple[int, int], mpp: float) -> np.ndarray:
+        """tiatoolbox's ``read_rect`` (level-0 location, (width, height) at ``mpp``, padded with
+        ``PAD_VALUE``): the same level, the same resampling and the same pixels, with the level
+        read tile by tile where :class:`~engine.slides.tiles.TiledTiff` can (TIFF files)."""
+        tiles = self._tiled()
+        if tiles is not None:
+            level, level_xy, level_wh, post_scale, _ = self.reader.find_read_rect_params(
+                location=location_l0_px, size=size_px, resolution=mpp, units="mpp")
+            if int(level) in tiles.levels:
+                from tiatoolbox.utils.transforms import imresize
+
+                region = tiles.read(int(level), int(level_xy[0]), int(level_xy[1]), int(level_wh[0]),
+                                    int(level_wh[1]), PAD_VALUE)
+                img = imresize(img=region, scale_factor=post_scale, output_size=size_px)
+                return img if self.reader.post_proc is None else self.reader.post_proc(img)
+        return self.reader.read_rect(location=location_l0_px, size=size_px, resolution=mpp, units="mpp",
+                                     pad_mode="constant", pad_constant_values=PAD_VALUE)
 
     def patch_pair(self, centre_l0_px: tuple[float, float], patch_px: int, hr_mpp: float, lr_mpp: float) -> PatchPair:
         """Concentric HR/LR pair whose origins lie on this slide's read grids.
@@ -294,10 +321,18 @@ class Slide:
         f = max(w, h) / float(max_px)
         tw, th = max(1, round(w / f)), max(1, round(h / f))
         try:
-            img = self.reader.read_rect(location=(0, 0), size=(tw, th), resolution=self.mpp * f, units="mpp")
+            img = self._read_rect((0, 0), (tw, th), self.mpp * f)
         except Exception as e:  # noqa: BLE001
             raise SlideError(self.path, f"cannot read a {tw} x {th} thumbnail: {e}") from e
         return _as_rgb_uint8(img)
+
+
+def _inside_span(origin_l0_px: float, l0_per_px_: float, size_px: int, extent_l0_px: int) -> tuple[int, int]:
+    """Pixels ``[i0, i1)`` of a ``size_px`` read from ``origin_l0_px`` whose centres lie inside
+    ``[0, extent_l0_px)`` (level-0 px; each pixel ``l0_per_px_`` wide)."""
+    centres = origin_l0_px + (np.arange(size_px) + 0.5) * l0_per_px_
+    inside = np.flatnonzero((centres >= 0) & (centres < extent_l0_px))
+    return (0, 0) if inside.size == 0 else (int(inside[0]), int(inside[-1]) + 1)
 
 
 def _as_rgb_uint8(img: np.ndarray) -> np.ndarray:
