@@ -14,7 +14,7 @@ TINY = ["--quick", "--densities", "1,4", "--windows", "1", "--naive-prompts", "1
 @pytest.fixture(scope="module")
 def bench_all(tmp_path_factory):
     d = tmp_path_factory.mktemp("bench")
-    args = ["bench", "all", *TINY, "--skip", "scaling,e2e", "--cache-dir", str(d / "cache"), "--work-dir", str(d / "work"),
+    args = ["bench", "all", *TINY, "--skip", "scaling,e2e,read,capacity", "--cache-dir", str(d / "cache"), "--work-dir", str(d / "work"),
             "--json", str(d / "bench.json"), "--md", str(d / "bench.md")]
     assert main(args) == 0
     return d, json.loads((d / "bench.json").read_text()), (d / "bench.md").read_text()
@@ -126,6 +126,50 @@ def test_e2e_prints_ray_and_in_process_figures(tmp_path, capsys):
     assert ray["peak_pss_mib"] > ip["peak_pss_mib"] > 0 and ray["peak_processes"] > 3
     assert ip["encode_s"] > 0 and ip["decode_s"] > 0 and 0 < s["stitch_share_of_model"] < 1
     assert s["ray_overhead_ratio"] > 0
+
+
+# 40x slides of 2048 px (the read and capacity suites): seconds to generate
+SMALL_40X = ["--quick", "--read-side-px", "2048", "--read-windows", "2", "--repeats", "1"]
+
+
+def test_read_suite_compares_tiatoolbox_tiles_and_raw_decode(tmp_path):
+    out = tmp_path / "read.json"
+    assert main(["bench", "read", *SMALL_40X, "--cache-dir", str(tmp_path / "cache"), "--json", str(out)]) == 0
+    s = json.loads(out.read_text())["suites"]["read"]
+    assert [r["level_step"] for r in s["rows"]] == [2, 4]
+    for r in s["rows"]:
+        assert 1 <= r["windows"] <= 2 and r["tiles_per_pair"] >= 2
+        for key in ("tiatoolbox_cold_ms", "tiles_cold_ms", "raw_decode_ms", "tiles_in_order_ms",
+                    "pairs_per_s_1_threads", "pairs_per_s_2_threads"):
+            assert r[key] > 0, key
+        assert r["tiles_decoded_in_order_per_pair"] <= r["tiles_per_pair"]  # the cache never decodes more
+    assert [h["target"] for h in s["headline"]] == ["<= 25 ms", "<= 1.2x", "<= 1.2x"]
+
+
+@pytest.mark.slow
+def test_capacity_suite(tmp_path):
+    """Three embedded Ray runs with the bench instrument, as the program runs them (see the scaling test)."""
+    import subprocess
+    import sys
+
+    out = tmp_path / "capacity.json"
+    proc = subprocess.run([sys.executable, "-m", "engine.cli", "bench", "capacity", *SMALL_40X, "--capacity-glands",
+                           "12", "--capacity-nuclei", "60", "--capacity-slides", "1", "--cache-dir",
+                           str(tmp_path / "cache"), "--json", str(out)], capture_output=True, text=True, timeout=900)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    s = json.loads(out.read_text())["suites"]["capacity"]
+    assert "instant-bench-instrument" in " ".join(s["notes"])  # the instrument is named in the output
+    for row in s["rows"]:
+        for case in ("glands", "nuclei"):
+            r = row[case]
+            assert r["windows"] >= 1 and r["objects"] >= 1 and r["cpu_s"] > 0
+            assert set(r["stages_s"]) == {"read", "completion and glue", "painting", "polygons"}
+    ray = s["rows"][0]["ray"]
+    assert [r["actors"] for r in ray] == [1, 2] and ray[0]["objects"] == ray[1]["objects"] == s["rows"][0]["glands"][
+        "objects"]
+    assert all(r["windows_per_s"] > 0 for r in ray)
+    assert [h["metric"].split(" (")[0] for h in s["headline"]][-2:] == ["cores per GPU implied, vit_tiny",
+                                                                          "cores per GPU implied, vit_b"]
 
 
 def test_unknown_skip_is_an_error(capsys):

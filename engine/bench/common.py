@@ -56,6 +56,10 @@ class BenchOptions:
     # read
     read_side_px: int = 16384  # square 40x slides (0.25 µm/px), level-0 px
     read_windows: int = 16  # plan windows read per slide
+    # capacity (on the read suite's slides)
+    capacity_glands: int = 300  # gland-sized box prompts
+    capacity_nuclei: int = 3000  # nucleus-sized box prompts
+    capacity_slides: int = 6  # copies of the slide in the Ray cohort
     quick: bool = False
 
     @staticmethod
@@ -64,7 +68,8 @@ class BenchOptions:
         base = BenchOptions(backbone="vit_test", windows=2, naive_prompts=2, stage_windows=2,
                             memory_sizes=(4_000, 8_000, 12_000, 16_000), memory_prompts=8,
                             scaling_windows=4, scaling_density=2, repeats=2, e2e_side_px=2048, e2e_prompts=8,
-                            read_side_px=8192, read_windows=8,
+                            read_side_px=8192, read_windows=8, capacity_glands=60, capacity_nuclei=600,
+                            capacity_slides=2,
                             quick=True)
         return replace(base, **overrides)
 

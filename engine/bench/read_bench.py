@@ -35,6 +35,14 @@ PAIR_TARGET_MS = 25.0  # issue 19: one 1024 px HR + LR pair, 2x-step pyramid
 RAW_RATIO_TARGET = 1.2  # issue 19: reading at most 1.2x the raw decode of its tiles
 
 
+def scan40x_slide(opts: BenchOptions, level_step: int):
+    """The generated 40x slide (``opts.read_side_px`` square) with ``level_step`` between levels."""
+    side = opts.read_side_px
+    return cached_slide(opts.cache_dir, f"scan40x_step{level_step}", side, opts.seed, mpp=SCAN_MPP,
+                        tissue_fraction=1.0, n_objects=max(8, side // 256), tile_px=TILE_PX,
+                        jpeg_quality=JPEG_QUALITY, level_step=level_step)
+
+
 def _windows(cached, side_px: int, n: int):
     from ..pipeline import plan_slide
     from ..records import Prompt
@@ -158,9 +166,7 @@ def run(opts: BenchOptions) -> SuiteResult:
     side = opts.read_side_px
     rows, table, heads = [], [], []
     for step in (2, 4):
-        slide = cached_slide(opts.cache_dir, f"scan40x_step{step}", side, opts.seed, mpp=SCAN_MPP,
-                             tissue_fraction=1.0, n_objects=max(8, side // 256), tile_px=TILE_PX,
-                             jpeg_quality=JPEG_QUALITY, level_step=step)
+        slide = scan40x_slide(opts, step)
         pairs = _windows(slide, side, opts.read_windows)
         r = {"level_step": step, "side_px": side, "windows": len(pairs),
              **_measure(slide.path, pairs, max(3, opts.repeats))}

@@ -4,10 +4,12 @@ Suites (one module each under ``engine/bench/``): ``model`` (encoder s/pair, dec
 ``engine`` (objects/s vs the reference demo's way), ``passes`` (encoder passes per prompt),
 ``stages`` (wall-time shares of a single-process run), ``flops`` (achieved FLOP/s vs matmul peak),
 ``memory`` (peak RSS vs slide size), ``read`` (CPU per 1024 px HR + LR pair read from 40x
-slides, against tiatoolbox and the raw tile decode), ``scaling`` (1 vs 2 Ray model actors), ``e2e`` (the real
+slides, against tiatoolbox and the raw tile decode), ``capacity`` (the engine's CPU per window and
+per object outside the model at 1024 px, with a bench instrument in place of the model, and the
+cores per GPU that implies), ``scaling`` (1 vs 2 Ray model actors), ``e2e`` (the real
 ``segment`` command on embedded Ray vs the in-process pipeline: time to first batch, model busy
 share, stage split, peak PSS of all processes; ``--e2e-cohort 2,20`` adds a cohort memory row), and
-``all`` (engine, passes, stages, flops, memory, scaling, e2e, read, then one headline table).
+``all`` (engine, passes, stages, flops, memory, scaling, e2e, read, capacity, then one headline table).
 """
 from __future__ import annotations
 
@@ -28,6 +30,7 @@ SUITES = {
     "scaling": "scaling_bench",
     "e2e": "e2e_bench",
     "read": "read_bench",
+    "capacity": "capacity_bench",
 }
 
 
@@ -68,10 +71,16 @@ def add_parser(sub, name: str) -> None:
     g.add_argument("--scaling-actors", default=None, help="scaling: actor counts (default 1,2)")
     g.add_argument("--scaling-windows", type=int, default=None, help="scaling: windows (default 4)")
     g.add_argument("--scaling-density", type=int, default=None, help="scaling: prompts per window (default 4)")
-    g = p.add_argument_group("read suite")
+    g = p.add_argument_group("read and capacity suites")
     g.add_argument("--read-side-px", type=int, default=None, help="40x slides' side, level-0 px (default 16384; "
                    "--quick: 8192)")
     g.add_argument("--read-windows", type=int, default=None, help="windows read per slide (default 16; --quick: 8)")
+    g.add_argument("--capacity-glands", type=int, default=None, help="capacity: gland-sized box prompts on each "
+                   "40x slide (default 300; --quick: 60)")
+    g.add_argument("--capacity-nuclei", type=int, default=None, help="capacity: nucleus-sized box prompts (default "
+                   "3000; --quick: 600)")
+    g.add_argument("--capacity-slides", type=int, default=None, help="capacity: copies of the slide in the Ray "
+                   "cohort (default 6; --quick: 2)")
     g = p.add_argument_group("e2e suite")
     g.add_argument("--e2e-side-px", type=int, default=None, help="square slide side, level-0 px at 0.5 µm/px "
                    "(default 8192; --quick: 2048)")
@@ -92,7 +101,8 @@ def options_from_args(args: argparse.Namespace):
                         ("memory_sizes", _ints), ("memory_prompts", None), ("scaling_actors", _ints),
                         ("scaling_windows", None), ("scaling_density", None), ("e2e_side_px", None),
                         ("e2e_prompts", None), ("e2e_cohort", _ints), ("e2e_cohort_side_px", None),
-                        ("e2e_cohort_prompts", None), ("read_side_px", None), ("read_windows", None)):
+                        ("e2e_cohort_prompts", None), ("read_side_px", None), ("read_windows", None),
+                        ("capacity_glands", None), ("capacity_nuclei", None), ("capacity_slides", None)):
         v = getattr(args, field, None)
         if v is not None:
             over[field] = conv(v) if conv else v
