@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # GPU check for a lent GPU machine (written for one H200): device and CUDA facts, the model
-# parity tests with the GPU selected, the model benchmark in bf16, and the end-to-end benchmark
-# (the real `segment` command on an embedded Ray vs the in-process pipeline). Bounded to under 10
+# parity tests with the GPU selected, the model benchmark in bf16, the end-to-end benchmark
+# (the real `segment` command on an embedded Ray vs the in-process pipeline), and the engine's
+# capacity without the model (CPU per 1024 px window with the node's cores). Bounded to under 10
 # minutes (a timeout per step); a failing step is recorded and the next one still runs.
 #
 #   bash scripts/setup.sh          # once: .venv with the project (needs a package index)
@@ -9,7 +10,8 @@
 #
 # Everything is written under $OUT (default ./out/gpu_check): nvidia_smi.txt, torch_cuda.txt,
 # pytest_gpu.txt, pytest_gpu.xml, bench_model.txt, bench_model.json, bench_e2e.txt, bench_e2e.json,
-# bench_e2e.md, summary.txt (bench_e2e/: the e2e run's logs and outputs).
+# bench_e2e.md, bench_capacity.txt, bench_capacity.json, summary.txt (bench_e2e/: the e2e run's
+# logs and outputs).
 # PYTHON overrides the interpreter (default .venv/bin/python, else python3).
 set -u -o pipefail
 cd "$(dirname "$0")/.."
@@ -47,7 +49,7 @@ step() {
 step nvidia-smi 20 "$OUT/nvidia_smi.txt" nvidia-smi
 
 # 2. PyTorch's view: version, CUDA build, device, bf16, memory, one bf16 matmul on the GPU.
-step torch-cuda 90 "$OUT/torch_cuda.txt" "$PYTHON" - <<'EOF'
+step torch-cuda 60 "$OUT/torch_cuda.txt" "$PYTHON" - <<'EOF'
 import sys
 import torch
 print("python", sys.version.split()[0])
@@ -73,7 +75,7 @@ print(f"bf16 4096^3 matmul: {ms:.3f} ms, {2 * 4096**3 / ms / 1e9:.0f} TFLOP/s")
 EOF
 
 # 3. Model parity tests (our SAM path vs segment-anything; WSI-SAM model behaviour).
-step pytest-gpu 130 "$OUT/pytest_gpu.txt" \
+step pytest-gpu 110 "$OUT/pytest_gpu.txt" \
   "$PYTHON" -m pytest -q -p no:cacheprovider tests/test_sam_parity.py tests/test_wsisam_model.py \
   --junitxml="$OUT/pytest_gpu.xml"
 
@@ -83,15 +85,21 @@ if [ -x .venv/bin/wsisam-engine ] && [ "$PYTHON" = .venv/bin/python ]; then
 else
   BENCH=("$PYTHON" -m engine.cli)
 fi
-step bench-model 180 "$OUT/bench_model.txt" \
+step bench-model 130 "$OUT/bench_model.txt" \
   "${BENCH[@]}" bench model --backbones vit_tiny,vit_b --prompts 1,8,64 --device cuda --bf16 \
   --json "$OUT/bench_model.json"
 
 # 5. End to end: 8192 px slide, 80 noisy box prompts, the demo model; Ray path vs in-process
 # (time to first batch, model busy share, stage split, peak PSS of every process).
-step bench-e2e 130 "$OUT/bench_e2e.txt" \
+step bench-e2e 110 "$OUT/bench_e2e.txt" \
   "${BENCH[@]}" bench e2e --work-dir "$OUT/bench_e2e" --cache-dir "$OUT/bench_cache" \
   --json "$OUT/bench_e2e.json" --md "$OUT/bench_e2e.md"
+
+# 6. Capacity without the model: a bench instrument in place of the model on generated 40x slides
+# (8192 px, --quick sizes), CPU per window and per object by stage, windows/s on Ray with 1 and 2
+# actors, and the cores per GPU that implies.
+step bench-capacity 110 "$OUT/bench_capacity.txt" \
+  "${BENCH[@]}" bench capacity --quick --cache-dir "$OUT/bench_cache" --json "$OUT/bench_capacity.json"
 
 echo "=== summary ($(( $(date +%s) - t_start ))s, output in $OUT) ==="
 cat "$SUMMARY"

@@ -374,7 +374,7 @@ def test_gpu_check_script_runs_its_steps(tmp_path):
     assert done.returncode == 0, done.stdout + done.stderr
     calls = [json.loads(line) for line in record.read_text().splitlines()]
     limits = [int(c["argv"][c["argv"].index("--kill-after=10") + 1]) for c in calls if c["name"] == "timeout"]
-    assert len(limits) == 5 and sum(limits) + 10 * len(limits) <= 10 * 60  # within the 10 minutes it promises
+    assert len(limits) == 6 and sum(limits) + 10 * len(limits) <= 10 * 60  # within the 10 minutes it promises
     runs = [c for c in calls if c["name"] == "python"]
     assert all(c["device"] == "cuda" and c["offline"] == "1" for c in runs)
     pytest_argv = next(c["argv"] for c in runs if c["argv"][:2] == ["-m", "pytest"])
@@ -384,13 +384,15 @@ def test_gpu_check_script_runs_its_steps(tmp_path):
     from engine.cli import build_parser
 
     # the real CLI accepts the benchmarks' options
-    bench, e2e = (build_parser().parse_args(c["argv"][2:]) for c in runs if c["argv"][:2] == ["-m", "engine.cli"])
+    bench, e2e, capacity = (build_parser().parse_args(c["argv"][2:]) for c in runs
+                            if c["argv"][:2] == ["-m", "engine.cli"])
     assert bench.command == "bench" and bench.suite == "model" and bench.device == "cuda" and bench.bf16
     assert e2e.command == "bench" and e2e.suite == "e2e" and e2e.md
-    assert Path(bench.json).parent == Path(e2e.json).parent == tmp_path / "out"
+    assert capacity.command == "bench" and capacity.suite == "capacity" and capacity.quick
+    assert Path(bench.json).parent == Path(e2e.json).parent == Path(capacity.json).parent == tmp_path / "out"
     summary = (tmp_path / "out" / "summary.txt").read_text().splitlines()
     assert [line.split()[0] for line in summary] == ["nvidia-smi", "torch-cuda", "pytest-gpu", "bench-model",
-                                                     "bench-e2e"]
+                                                     "bench-e2e", "bench-capacity"]
 
 
 def _readme_segment_options() -> set[str]:
