@@ -53,6 +53,10 @@ class BenchOptions:
     e2e_cohort: tuple[int, ...] = ()  # cohort row: slide counts (e.g. 2, 20); empty: no cohort row
     e2e_cohort_side_px: int = 1024
     e2e_cohort_prompts: int = 4
+    # completion
+    completion_seeds: tuple[int, ...] = (0, 1, 2)  # one generated slide per seed
+    completion_side_px: int = 8192
+    completion_objects: int = 40
     quick: bool = False
 
     @staticmethod
@@ -61,7 +65,7 @@ class BenchOptions:
         base = BenchOptions(backbone="vit_test", windows=2, naive_prompts=2, stage_windows=2,
                             memory_sizes=(4_000, 8_000, 12_000, 16_000), memory_prompts=8,
                             scaling_windows=4, scaling_density=2, repeats=2, e2e_side_px=2048, e2e_prompts=8,
-                            quick=True)
+                            completion_seeds=(0,), completion_side_px=4096, completion_objects=12, quick=True)
         return replace(base, **overrides)
 
     def to_json(self) -> dict:

@@ -5,8 +5,9 @@ Suites (one module each under ``engine/bench/``): ``model`` (encoder s/pair, dec
 ``stages`` (wall-time shares of a single-process run), ``flops`` (achieved FLOP/s vs matmul peak),
 ``memory`` (peak RSS vs slide size), ``scaling`` (1 vs 2 Ray model actors), ``e2e`` (the real
 ``segment`` command on embedded Ray vs the in-process pipeline: time to first batch, model busy
-share, stage split, peak PSS of all processes; ``--e2e-cohort 2,20`` adds a cohort memory row), and
-``all`` (engine, passes, stages, flops, memory, scaling, e2e, then one headline table).
+share, stage split, peak PSS of all processes; ``--e2e-cohort 2,20`` adds a cohort memory row),
+``completion`` (per-object dice with window-border completion against ``--no-completion``, box and
+point prompts, demo model), and ``all`` (all of them, then one headline table).
 """
 from __future__ import annotations
 
@@ -26,6 +27,7 @@ SUITES = {
     "memory": "memory_bench",
     "scaling": "scaling_bench",
     "e2e": "e2e_bench",
+    "completion": "completion_bench",
 }
 
 
@@ -73,6 +75,9 @@ def add_parser(sub, name: str) -> None:
     g.add_argument("--e2e-cohort", default=None, help="cohort row: slide counts, comma-separated (e.g. 2,20)")
     g.add_argument("--e2e-cohort-side-px", type=int, default=None, help="cohort slides' side (default 1024)")
     g.add_argument("--e2e-cohort-prompts", type=int, default=None, help="prompts per cohort slide (default 4)")
+    g = p.add_argument_group("completion suite")
+    g.add_argument("--completion-seeds", default=None, help="one generated slide per seed, comma-separated "
+                   "(default 0,1,2; --quick: 0)")
     p.set_defaults(run=run)
 
 
@@ -86,7 +91,7 @@ def options_from_args(args: argparse.Namespace):
                         ("memory_sizes", _ints), ("memory_prompts", None), ("scaling_actors", _ints),
                         ("scaling_windows", None), ("scaling_density", None), ("e2e_side_px", None),
                         ("e2e_prompts", None), ("e2e_cohort", _ints), ("e2e_cohort_side_px", None),
-                        ("e2e_cohort_prompts", None)):
+                        ("e2e_cohort_prompts", None), ("completion_seeds", _ints)):
         v = getattr(args, field, None)
         if v is not None:
             over[field] = conv(v) if conv else v
