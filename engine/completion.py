@@ -28,8 +28,8 @@ The first cut mask (trimmed, before the LR mask) travels with the redo (:attr:`R
 A coarser pass is taken only when its mask holds the prompt's positive points, agrees with the
 first mask inside the prompt's region (IoU >= :data:`~engine.cut_rule.MIN_AGREEMENT_IOU` in the
 tolerance box, or in the points' assumed extent) and its score and stability are at most
-:data:`~engine.cut_rule.MAX_SCORE_DROP` below the first mask's; otherwise (or when it is empty) the completion is *refused*: the first mask is
-final, flagged truncated.
+:data:`~engine.cut_rule.MAX_SCORE_DROP` below the first mask's; otherwise (or when it is empty)
+the completion is *refused*: the first mask is final, flagged truncated.
 
 Only final masks reach the writer, so each prompt gives one object at most. Both executors call
 :func:`settle` after each batch and turn its ``redo`` into windows with :func:`redo_windows`,
