@@ -1,28 +1,35 @@
 """Objects are never cut by a window: what to do with a mask that reaches its window's border.
 
 A side of a field (the HR or the LR patch) is a *cut* when the mask touches it and the side lies
-inside the slide (a mask at the slide's own border is not cut). After a batch is decoded,
-:func:`settle` decides per object:
+inside the slide (a mask at the slide's own border is not cut). What the prompt says decides
+whether the mask there is the prompt's object (:mod:`engine.cut_rule`): for a box, the mask's
+components that meet the box, inside the box grown by the annotator noise's tolerance; for
+points, the components that hold a point. After a batch is decoded, :func:`settle` decides per
+object:
 
 1. no HR cut: the HR mask is final;
-2. an HR cut: the mask is completed with WSI-SAM's own LR mask of the same prompt (concentric,
-   twice the field): HR mask inside the HR field, the LR mask (sampled at the HR pixel size)
-   outside it, keeping only the parts connected to the HR mask. The object stays at the HR pixel
-   size (``mask_mpp`` = HR) and its crop grows past the HR field;
-3. the completed mask also cuts the LR field; or, for a points prompt, the LR mask does not carry
-   the object on across the cut HR side (more than :data:`OPEN_SEAM_MAX` of the mask's pixels on
-   that side have none right across: the straight edge would stay; a box states the object's
-   extent, so there a mask past it that the LR mask does not carry on is a leak, and stays); or
-   the segmenter gave no LR mask (SAM's own path): the prompt is segmented again one pyramid
-   level coarser (same HR/LR ratio, window centred on the prompt's extent joined with the cut
-   mask's box), and this mask is dropped; at ``ScheduleConfig.max_level`` the mask is final and
-   flagged ``extra["truncated"]``.
+2. the mask reaches the HR border only where it is not the object (another object, or past the
+   box's tolerance): those parts are *trimmed* (removed) and the mask is final, not completed; a
+   mask that meets neither its box nor its points is left as it is (*refused*);
+3. the object reaches the HR border: it is *completed* with WSI-SAM's own LR mask of the same
+   prompt (concentric, twice the field): the object inside the HR field, the LR mask (sampled at
+   the HR pixel size) outside it, keeping only the parts connected to it and, for a box, inside
+   the tolerance box. The object stays at the HR pixel size (``mask_mpp`` = HR) and its crop
+   grows past the HR field;
+4. the completed mask also cuts the LR field (for a box: where the tolerance box reaches past
+   it); or, for a points prompt, the LR mask does not carry the object on across the cut HR side
+   (more than :data:`OPEN_SEAM_MAX` of its pixels on that side have none right across); or the
+   segmenter gave no LR mask (SAM's own path): the prompt is segmented again one pyramid level
+   coarser (same HR/LR ratio, window centred on the prompt's extent joined with the cut mask's
+   box), and this mask is dropped; at ``ScheduleConfig.max_level`` the mask is final and flagged
+   ``extra["truncated"]``.
 
-The first cut mask, as the model made it, travels with the redo (:attr:`Redo.previous`): a
-coarser pass whose mask is empty, covers less than :data:`MIN_COVER` of it or misses the prompt's
-positive points (it found something else) is not taken, and that first mask is final, flagged
-truncated: a completion that cannot be carried through leaves the model's mask as it was (a mask
-that runs on past its fields is as likely a leak into a neighbour as a large object).
+The first cut mask (trimmed, before the LR mask) travels with the redo (:attr:`Redo.previous`).
+A coarser pass is taken only when its mask holds the prompt's positive points, agrees with the
+first mask inside the prompt's region (IoU >= :data:`~engine.cut_rule.MIN_AGREEMENT_IOU` in the
+tolerance box, or in the points' assumed extent) and its score and stability are at most
+:data:`~engine.cut_rule.MAX_SCORE_DROP` below the first mask's; otherwise (or when it is empty)
+the completion is *refused*: the first mask is final, flagged truncated.
 
 Only final masks reach the writer, so each prompt gives one object at most. Both executors call
 :func:`settle` after each batch and turn its ``redo`` into windows with :func:`redo_windows`,
@@ -38,6 +45,8 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from .geometry import PatchPair, concentric_pair
+from .cut_rule import (MIN_AGREEMENT_IOU, iou_within, no_worse_scores, object_part, pixel_window, positive_points,
+                       prompt_region_l0_px, sample, tolerance_box_l0_px, without_border_strays)
 from .records import ObjectMask, Prompt
 from .scheduler import ScheduleConfig, Window, pack_level, prompt_extent_l0_px
 
@@ -48,9 +57,6 @@ if TYPE_CHECKING:
 #: mask as ``wsisam.MaskCrop`` (row0_px, col0_px, mask) in LR patch pixels. :func:`settle` removes it.
 LR_MASK_KEY = "lr_mask"
 _Box = tuple[float, float, float, float]
-#: A coarser pass is taken when its mask covers at least this share of the cut mask it replaces (a
-#: mask elsewhere, or an empty one, means the coarser pair failed: the cut mask is kept, truncated).
-MIN_COVER = 0.5
 #: A mask is still cut along an HR side when more than this share of its pixels on that side have
 #: no LR mask pixel right across (the LR mask disagrees): it then goes to a coarser pair.
 OPEN_SEAM_MAX = 0.5
@@ -87,6 +93,9 @@ class BatchOutcome:
     redo: list[Redo] = field(default_factory=list)
     completed_from_lr: int = 0  # final masks that took pixels from the LR mask
     truncated: int = 0  # final masks flagged truncated (cut at the coarsest level, or a coarser pass failed)
+    completed: int = 0  # final masks grown past their first HR field (LR mask pixels, or a coarser pass taken)
+    trimmed: int = 0  # final masks whose parts at the HR border that are not the prompt's object were removed
+    refused: int = 0  # completions not taken: a coarser pass refused, or a mask that misses its prompt
 
 
 def cut_sides(mask: np.ndarray, row0: int, col0: int, size_px: int, field_l0_px: _Box,
@@ -178,25 +187,34 @@ def _placed(obj: ObjectMask, crop: np.ndarray, row0: int, col0: int, pair: Patch
                       obj.score, obj.class_name, {**obj.extra, **extra})
 
 
-def cover(mask: ObjectMask, of: ObjectMask, slide_mpp: float) -> float:
-    """Share of ``of``'s pixels (their centres) that lie in ``mask``."""
-    rows, cols = np.nonzero(of.mask)
-    f_of, f = of.mask_mpp / slide_mpp, mask.mask_mpp / slide_mpp
-    r = np.floor((of.origin_l0_px[1] + (rows + 0.5) * f_of - mask.origin_l0_px[1]) / f).astype(np.int64)
-    c = np.floor((of.origin_l0_px[0] + (cols + 0.5) * f_of - mask.origin_l0_px[0]) / f).astype(np.int64)
-    ok = (r >= 0) & (r < mask.mask.shape[0]) & (c >= 0) & (c < mask.mask.shape[1])
-    return float(mask.mask[r[ok], c[ok]].sum()) / max(1, len(rows))
-
-
 def holds_points(mask: ObjectMask, prompt: Prompt, slide_mpp: float) -> bool:
     """Whether the mask holds at least half of the prompt's positive points (True without any)."""
-    pos = np.array([xy for xy, lab in zip(prompt.points_l0_px, prompt.point_labels) if lab == 1]).reshape(-1, 2)
-    if not len(pos):
-        return True
-    f = mask.mask_mpp / slide_mpp
-    c, r = (np.floor((pos - np.array(mask.origin_l0_px)) / f).astype(np.int64)).T
-    ok = (r >= 0) & (r < mask.mask.shape[0]) & (c >= 0) & (c < mask.mask.shape[1])
-    return 2 * int(mask.mask[r[ok], c[ok]].sum()) >= len(pos)
+    pos = positive_points(prompt)
+    return 2 * int(sample(mask, pos[:, 0], pos[:, 1], slide_mpp).sum()) >= len(pos)
+
+
+def takes_coarser(obj: ObjectMask, first: ObjectMask, prompt: Prompt, limits: CompletionLimits) -> bool:
+    """Whether a coarser pass's mask replaces the first cut mask (see the module docstring)."""
+    region = prompt_region_l0_px(prompt, prompt_extent_l0_px(prompt, limits.schedule, limits.slide_mpp))
+    return holds_points(obj, prompt, limits.slide_mpp) and no_worse_scores(obj, first) \
+        and iou_within(obj, first, region, limits.slide_mpp) >= MIN_AGREEMENT_IOU
+
+
+def border_pixels(shape: tuple[int, int], row0: int, col0: int, size_px: int, sides: tuple[bool, ...]) -> np.ndarray:
+    """Pixels of a crop (placed at ``row0, col0`` in its ``size_px`` field) on the given field sides
+    (top, left, bottom, right)."""
+    rows, cols = np.arange(shape[0])[:, None] + row0, np.arange(shape[1])[None, :] + col0
+    top, left, bottom, right = sides
+    return (top & (rows <= 0)) | (left & (cols <= 0)) | (bottom & (rows >= size_px - 1)) | (right & (cols >= size_px - 1))
+
+
+def _shrunk(obj: ObjectMask, keep: np.ndarray, slide_mpp: float, **extra) -> ObjectMask:
+    """``obj`` with only the ``keep`` pixels of its crop, cropped to them (``keep`` not empty)."""
+    rr, cc = np.flatnonzero(keep.any(axis=1)), np.flatnonzero(keep.any(axis=0))
+    f = obj.mask_mpp / slide_mpp
+    origin = (obj.origin_l0_px[0] + cc[0] * f, obj.origin_l0_px[1] + rr[0] * f)
+    return ObjectMask(obj.slide_id, obj.prompt_id, np.ascontiguousarray(keep[rr[0]:rr[-1] + 1, cc[0]:cc[-1] + 1]),
+                      origin, obj.mask_mpp, obj.score, obj.class_name, {**obj.extra, **extra})
 
 
 def previous_masks(pending: dict[int, ObjectMask], windows: list[Window]) -> dict[int, ObjectMask]:
@@ -210,17 +228,17 @@ def settle(objects: list[ObjectMask], windows: list[Window], prompts: dict[int, 
 
     ``objects``: the segmenter's output for ``windows`` (``extra["window_id"]`` names each one's
     window); ``prompts``: at least the batch's prompts by id; ``previous``: the cut masks of the
-    batch's prompts that are being segmented again. A coarser mask that is empty, covers less than
-    :data:`MIN_COVER` of the cut mask or misses the prompt's positive points is not taken: the cut
-    mask is final, truncated."""
+    batch's prompts that are being segmented again. A coarser mask that :func:`takes_coarser`
+    refuses (or none) leaves the cut mask final, truncated."""
     cfg = limits.schedule
     out = BatchOutcome([])
     by_id = {w.window_id: w for w in windows}
     fallback = dict(previous or {})
     for obj in objects:
         has_lr, lr = LR_MASK_KEY in obj.extra, obj.extra.pop(LR_MASK_KEY, None)  # None: an empty LR mask
-        if obj.prompt_id in fallback and cover(obj, fallback[obj.prompt_id], limits.slide_mpp) >= MIN_COVER \
-                and holds_points(obj, prompts[obj.prompt_id], limits.slide_mpp):
+        prompt = prompts[obj.prompt_id]
+        coarser = obj.prompt_id in fallback
+        if coarser and takes_coarser(obj, fallback[obj.prompt_id], prompt, limits):
             del fallback[obj.prompt_id]
         if obj.prompt_id in fallback:
             continue
@@ -231,43 +249,94 @@ def settle(objects: list[ObjectMask], windows: list[Window], prompts: dict[int, 
             continue
         row0, col0 = hr_placement(obj, pair)
         hr_cut = cut_sides(obj.mask, row0, col0, pair.patch_px, pair.hr_box_l0_px, limits)
-        if not any(hr_cut) or (limits.mask_filter is not None and obj.prompt_id not in (previous or {})
+        if not any(hr_cut) or (limits.mask_filter is not None and not coarser
                                and limits.mask_filter.rejects(obj) is not None):
             out.objects.append(obj)
+            out.completed += coarser
             continue
-        cut, lr_sides, open_share, model_mask = True, (False,) * 4, (1.0,) * 4, obj
+        part = _object_pixels(obj, row0, col0, lr, pair, prompt, limits.slide_mpp)
+        if not part.any():  # the mask meets neither the box nor the points: not the object, left as it is
+            out.objects.append(obj)
+            out.refused += 1
+            continue
+        kept = without_border_strays(obj.mask, part, border_pixels(obj.mask.shape, row0, col0, pair.patch_px, hr_cut))
+        trimmed = not np.array_equal(kept, obj.mask)
+        first = _shrunk(obj, kept, limits.slide_mpp) if trimmed else obj
+        row0, col0 = hr_placement(first, pair)
+        first_cut = cut_sides(first.mask, row0, col0, pair.patch_px, pair.hr_box_l0_px, limits)
+        if not any(first_cut):
+            out.objects.append(first)  # the object is not cut: only what was not it reached the border
+            out.trimmed += trimmed
+            out.completed += coarser
+            continue
+        obj, lr_sides, open_share = first, (False,) * 4, (1.0,) * 4
         if lr is not None:
-            crop, row0, col0, lr_sides, open_share = compose_with_lr(obj.mask, row0, col0, lr, pair)
-            obj = _placed(obj, crop, row0, col0, pair, completed_from_lr=True)
+            crop, r0, c0, lr_sides, open_share = compose_with_lr(first.mask, row0, col0, lr, pair)
+            obj = _placed(first, crop, r0, c0, pair, completed_from_lr=True)
+            if prompt.box_l0_px is not None:
+                obj = _within(obj, tolerance_box_l0_px(prompt.box_l0_px), limits.slide_mpp)
+        cut = True
         if has_lr:
-            x0, y0, x1, y1 = pair.lr_box_l0_px
-            inside = (y0 > 0, x0 > 0, y1 < limits.height_l0_px, x1 < limits.width_l0_px)
-            # Still cut: by the LR field, or (points only: a box states the object's extent) along the
-            # HR border where the LR mask does not go on.
-            cut = any(a and b for a, b in zip(lr_sides, inside)) or prompts[obj.prompt_id].box_l0_px is None \
-                and any(c and o > OPEN_SEAM_MAX for c, o in zip(hr_cut, open_share))
-        if not cut:
-            out.objects.append(obj)
-            out.completed_from_lr += lr is not None
-        elif win.level < cfg.max_level:
-            ext = prompt_extent_l0_px(prompts[obj.prompt_id], cfg, limits.slide_mpp)
-            h, w = obj.mask.shape
-            f = obj.mask_mpp / limits.slide_mpp
-            (x, y), (mx, my) = obj.origin_l0_px, (obj.origin_l0_px[0] + w * f, obj.origin_l0_px[1] + h * f)
-            out.redo.append(Redo(obj.prompt_id, win.level + 1,
-                                 (min(ext[0], x), min(ext[1], y), max(ext[2], mx), max(ext[3], my)),
-                                 (previous or {}).get(obj.prompt_id, model_mask)))  # the first level's
-        else:
+            cut = any(a and b for a, b in zip(lr_sides, _sides_inside(pair.lr_box_l0_px, prompt, limits))) \
+                or prompt.box_l0_px is None and any(c and o > OPEN_SEAM_MAX for c, o in zip(first_cut, open_share))
+        if cut and win.level < cfg.max_level:
+            out.redo.append(_redo(obj, win, prompt, limits, (previous or {}).get(obj.prompt_id, first)))
+            continue
+        if cut:
             obj.extra["truncated"] = True
-            out.objects.append(obj)
             out.truncated += 1
-            out.completed_from_lr += lr is not None
-    for obj in fallback.values():  # the coarser pass failed: the cut mask stays, flagged
+        out.objects.append(obj)
+        out.completed_from_lr += lr is not None
+        out.completed += coarser or int(obj.mask.sum()) > int(first.mask.sum())
+        out.trimmed += trimmed
+    for obj in fallback.values():  # the coarser pass was refused: the cut mask stays, flagged
         obj.extra["truncated"] = True
         out.objects.append(obj)
         out.truncated += 1
+        out.refused += 1
         out.completed_from_lr += bool(obj.extra.get("completed_from_lr"))
     return out
+
+
+def _redo(obj: ObjectMask, win: Window, prompt: Prompt, limits: CompletionLimits, first: ObjectMask) -> Redo:
+    """Segment the prompt again one level coarser, in a window holding its extent and ``obj``."""
+    ext = prompt_extent_l0_px(prompt, limits.schedule, limits.slide_mpp)
+    h, w = obj.mask.shape
+    f = obj.mask_mpp / limits.slide_mpp
+    (x, y), (mx, my) = obj.origin_l0_px, (obj.origin_l0_px[0] + w * f, obj.origin_l0_px[1] + h * f)
+    return Redo(obj.prompt_id, win.level + 1, (min(ext[0], x), min(ext[1], y), max(ext[2], mx), max(ext[3], my)), first)
+
+
+def _object_pixels(obj: ObjectMask, row0: int, col0: int, lr, pair: PatchPair, prompt: Prompt,
+                   slide_mpp: float) -> np.ndarray:
+    """The pixels of ``obj``'s HR crop (at ``row0, col0`` in its HR patch) that are the prompt's
+    object (:func:`engine.cut_rule.object_part`), its components joined by the LR mask where the
+    segmenter gave one (one object's parts can meet outside the HR field only)."""
+    if lr is None:
+        return object_part(obj, prompt, slide_mpp)
+    crop, r0, c0, _, _ = compose_with_lr(obj.mask, row0, col0, lr, pair)
+    whole = object_part(_placed(obj, crop, r0, c0, pair), prompt, slide_mpp)
+    h, w = obj.mask.shape
+    return whole[row0 - r0:row0 - r0 + h, col0 - c0:col0 - c0 + w] & obj.mask
+
+
+def _within(obj: ObjectMask, box_l0_px: tuple[float, float, float, float], slide_mpp: float) -> ObjectMask:
+    """``obj`` without its pixels whose centres lie outside ``box_l0_px`` (kept whole if none is inside)."""
+    keep = np.zeros_like(obj.mask)
+    keep[pixel_window(obj, box_l0_px, slide_mpp)] = True
+    keep &= obj.mask
+    return obj if not keep.any() or np.array_equal(keep, obj.mask) else _shrunk(obj, keep, slide_mpp)
+
+
+def _sides_inside(field_l0_px, prompt: Prompt, limits: CompletionLimits) -> tuple[bool, bool, bool, bool]:
+    """(top, left, bottom, right): sides of a field that lie inside the slide and, for a box
+    prompt, that its tolerance box reaches past (the object may go on there)."""
+    x0, y0, x1, y1 = field_l0_px
+    inside = (y0 > 0, x0 > 0, y1 < limits.height_l0_px, x1 < limits.width_l0_px)
+    if prompt.box_l0_px is None:
+        return inside
+    tx0, ty0, tx1, ty1 = tolerance_box_l0_px(prompt.box_l0_px)
+    return tuple(a and b for a, b in zip(inside, (ty0 < y0, tx0 < x0, ty1 > y1, tx1 > x1)))
 
 
 def redo_window_id(first_id: int, id_stride: int, level: int, prompt_ids: tuple[int, ...]) -> int:

@@ -199,6 +199,9 @@ def add_outcome(counts, done: BatchOutcome, windows: list[Window], plan: SlidePl
     counts.completed_from_lr += done.completed_from_lr
     counts.resegmented += len(done.redo)
     counts.truncated += done.truncated
+    counts.completed += done.completed
+    counts.trimmed += done.trimmed
+    counts.refused += done.refused
     counts.windows += len(new)
     counts.encoder_passes += schedule_stats(new).encoder_passes
     return list(batched(new, windows_per_batch))

@@ -26,7 +26,8 @@ QC_NAME = "qc.png"  # thumbnail with outlines and prompts (unless OutputConfig.q
 
 
 #: What a run counts as a slide's batches settle (SlideResult fields; the manifest's entry has them too).
-COUNTS = ("objects", "windows", "encoder_passes", "completed_from_lr", "resegmented", "truncated")
+COUNTS = ("objects", "windows", "encoder_passes", "completed_from_lr", "resegmented", "truncated", "completed",
+          "trimmed", "refused")
 
 
 @dataclass
@@ -44,6 +45,9 @@ class SlideResult:
     completed_from_lr: int = 0  # masks cut by their HR window, completed from the LR mask
     resegmented: int = 0  # times a prompt was segmented again one level coarser (cut by the LR window)
     truncated: int = 0  # objects still cut (coarsest level reached, or a coarser pass failed): flagged "truncated"
+    completed: int = 0  # objects grown past their first HR window (LR mask pixels, or a coarser pass taken)
+    trimmed: int = 0  # objects whose parts at a window border that were not the prompt's object were removed
+    refused: int = 0  # completions not taken (a coarser pass that disagreed or scored lower; a mask missing its prompt)
     status: str = "done"  # done | skipped | failed | interrupted | not run
     error: str | None = None
     timings_s: dict[str, float] = field(default_factory=dict)

@@ -14,7 +14,7 @@ TINY = ["--quick", "--densities", "1,4", "--windows", "1", "--naive-prompts", "1
 @pytest.fixture(scope="module")
 def bench_all(tmp_path_factory):
     d = tmp_path_factory.mktemp("bench")
-    args = ["bench", "all", *TINY, "--skip", "scaling,e2e,read,capacity", "--cache-dir", str(d / "cache"), "--work-dir", str(d / "work"),
+    args = ["bench", "all", *TINY, "--skip", "scaling,e2e,read,capacity,completion", "--cache-dir", str(d / "cache"), "--work-dir", str(d / "work"),
             "--json", str(d / "bench.json"), "--md", str(d / "bench.md")]
     assert main(args) == 0
     return d, json.loads((d / "bench.json").read_text()), (d / "bench.md").read_text()

@@ -60,6 +60,10 @@ class BenchOptions:
     capacity_glands: int = 300  # gland-sized box prompts
     capacity_nuclei: int = 3000  # nucleus-sized box prompts
     capacity_slides: int = 6  # copies of the slide in the Ray cohort
+    # completion
+    completion_seeds: tuple[int, ...] = (0, 1, 2)  # one generated slide per seed
+    completion_side_px: int = 8192
+    completion_objects: int = 40
     quick: bool = False
 
     @staticmethod
@@ -69,8 +73,8 @@ class BenchOptions:
                             memory_sizes=(4_000, 8_000, 12_000, 16_000), memory_prompts=8,
                             scaling_windows=4, scaling_density=2, repeats=2, e2e_side_px=2048, e2e_prompts=8,
                             read_side_px=8192, read_windows=8, capacity_glands=60, capacity_nuclei=600,
-                            capacity_slides=2,
-                            quick=True)
+                            capacity_slides=2, completion_seeds=(0,), completion_side_px=4096,
+                            completion_objects=12, quick=True)
         return replace(base, **overrides)
 
     def to_json(self) -> dict:

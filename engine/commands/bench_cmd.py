@@ -8,8 +8,9 @@ slides, against tiatoolbox and the raw tile decode), ``capacity`` (the engine's 
 per object outside the model at 1024 px, with a bench instrument in place of the model, and the
 cores per GPU that implies), ``scaling`` (1 vs 2 Ray model actors), ``e2e`` (the real
 ``segment`` command on embedded Ray vs the in-process pipeline: time to first batch, model busy
-share, stage split, peak PSS of all processes; ``--e2e-cohort 2,20`` adds a cohort memory row), and
-``all`` (engine, passes, stages, flops, memory, scaling, e2e, read, capacity, then one headline table).
+share, stage split, peak PSS of all processes; ``--e2e-cohort 2,20`` adds a cohort memory row),
+``completion`` (per-object dice with window-border completion against ``--no-completion``, box and
+point prompts, demo model), and ``all`` (all of them, then one headline table).
 """
 from __future__ import annotations
 
@@ -31,6 +32,7 @@ SUITES = {
     "e2e": "e2e_bench",
     "read": "read_bench",
     "capacity": "capacity_bench",
+    "completion": "completion_bench",
 }
 
 
@@ -88,6 +90,9 @@ def add_parser(sub, name: str) -> None:
     g.add_argument("--e2e-cohort", default=None, help="cohort row: slide counts, comma-separated (e.g. 2,20)")
     g.add_argument("--e2e-cohort-side-px", type=int, default=None, help="cohort slides' side (default 1024)")
     g.add_argument("--e2e-cohort-prompts", type=int, default=None, help="prompts per cohort slide (default 4)")
+    g = p.add_argument_group("completion suite")
+    g.add_argument("--completion-seeds", default=None, help="one generated slide per seed, comma-separated "
+                   "(default 0,1,2; --quick: 0)")
     p.set_defaults(run=run)
 
 
@@ -102,7 +107,8 @@ def options_from_args(args: argparse.Namespace):
                         ("scaling_windows", None), ("scaling_density", None), ("e2e_side_px", None),
                         ("e2e_prompts", None), ("e2e_cohort", _ints), ("e2e_cohort_side_px", None),
                         ("e2e_cohort_prompts", None), ("read_side_px", None), ("read_windows", None),
-                        ("capacity_glands", None), ("capacity_nuclei", None), ("capacity_slides", None)):
+                        ("capacity_glands", None), ("capacity_nuclei", None), ("capacity_slides", None),
+                        ("completion_seeds", _ints)):
         v = getattr(args, field, None)
         if v is not None:
             over[field] = conv(v) if conv else v

@@ -31,6 +31,9 @@ class SlideEntry:
     completed_from_lr: int = 0  # see engine.pipeline.SlideResult
     resegmented: int = 0
     truncated: int = 0
+    completed: int = 0
+    trimmed: int = 0
+    refused: int = 0
     seconds: dict[str, float] = field(default_factory=dict)
     batches: list[dict] = field(default_factory=list)  # batch id, windows, actor, pid, gpu ids, seconds
 
