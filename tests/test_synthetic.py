@@ -269,3 +269,25 @@ def test_context_objects_need_the_lr_field(tmp_path):
         assert debris.mean() < 0.5 and (~debris).sum() > 2_500
         np.testing.assert_allclose(stroma_in[~debris].mean(0), stroma_out.mean(0), atol=6)
         assert debris.sum() > 150  # necrosis-like debris in the lumen
+
+
+def test_nuclei_texture_is_the_same_on_every_level(tmp_path):
+    """texture="nuclei" (the 40x bench slides): dark nuclei in tissue, where the finer level has
+    them; the truth does not change with the texture."""
+    import pytest
+    import tifffile
+
+    plain = make_synthetic_slide(tmp_path / "plain.ome.tif", 2048, 2048, mpp=0.25, n_objects=3, seed=8,
+                                 tile_px=256, tissue_fraction=1.0)
+    cells = make_synthetic_slide(tmp_path / "cells.ome.tif", 2048, 2048, mpp=0.25, n_objects=3, seed=8,
+                                 tile_px=256, tissue_fraction=1.0, texture="nuclei")
+    assert plain.truth.geometry.geom_equals(cells.truth.geometry).all()
+    with tifffile.TiffFile(cells.path) as tif:
+        l0, l1 = (lv.asarray().astype(np.float32) for lv in tif.series[0].levels[:2])
+    dark0 = l0.mean(axis=2) < 110  # nuclei are (72, 38, 118)-ish; stroma and objects are lighter
+    assert 0.05 < dark0.mean() < 0.4
+    dark1 = l1.mean(axis=2) < 110
+    down = dark0.reshape(1024, 2, 1024, 2).mean(axis=(1, 3))  # level 0's nuclei, at level 1's pixels
+    assert ((down >= 0.5) == dark1).mean() > 0.9  # the same nuclei, give or take their rims
+    with pytest.raises(ValueError, match="texture"):
+        make_synthetic_slide(tmp_path / "bad.ome.tif", 512, 512, texture="cells")

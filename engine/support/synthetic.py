@@ -63,6 +63,11 @@ BACKGROUND_RGB = (255, 255, 255)
 _BASE = np.array([BACKGROUND_RGB, (232, 160, 200), (246, 242, 246), (118, 68, 158), (214, 190, 206)], np.float32)
 _TEX = np.array([(0, 0, 0), (10, 28, 16), (2, 2, 2), (16, 14, 12), (4, 4, 4)], np.float32)
 _NOISE = np.array([0.0, 1.0, 0.4, 1.0, 2.0], np.float32)
+#: ``texture="nuclei"``: one nucleus per square cell of this side (µm), somewhere in the cell, in
+#: stroma and objects; radius 2.5-4.5 µm; stained this colour; and per-channel grain in tissue.
+NUCLEUS_CELL_UM = 16.0
+NUCLEUS_RGB = np.array((72, 38, 118), np.float32)
+TEXTURES = ("plain", "nuclei")
 _SPECKLE_RGB = np.array((128, 84, 150), np.float32)  # nuclear dust in debris (noise value >= 5: 2 in 13)
 
 
@@ -104,8 +109,11 @@ class SyntheticSlide:
 class _Renderer:
     """Renders tiles of any pyramid level from the object list."""
 
-    def __init__(self, objs: list[SceneObject], tissue: Polygon, mpp: float, seed: int, tile_px: int):
+    def __init__(self, objs: list[SceneObject], tissue: Polygon, mpp: float, seed: int, tile_px: int,
+                 texture: str = "plain"):
         self.objs = objs
+        self.texture = texture
+        self.mpp = mpp
         self.tissue = tissue
         shapely.prepare(tissue)
         self.tree = shapely.STRtree([o.halo for o in objs]) if objs else None
@@ -156,13 +164,57 @@ class _Renderer:
         speckle = (cls == PX_DEBRIS) & (noise >= 5)
         if speckle.any():
             img[speckle] = _SPECKLE_RGB + 2.0 * noise[speckle, None]
+        if self.texture == "nuclei":
+            self._add_nuclei(img, cls, xs, ys, level, row, col)
         return np.clip(img, 0, 255).astype(np.uint8)
+
+    def _add_nuclei(self, img: np.ndarray, cls: np.ndarray, xs: np.ndarray, ys: np.ndarray, level: int, row: int,
+                    col: int) -> None:
+        """Dark nuclei and colour grain on tissue pixels (``xs``, ``ys``: the tile's pixel centres in
+        level-0 px). Each nucleus belongs to a cell of a level-0 grid and is drawn from its cell's
+        numbers alone, so every pyramid level shows the same nuclei."""
+        cell = NUCLEUS_CELL_UM / self.mpp
+        ci, cj = np.floor(xs / cell).astype(np.int64), np.floor(ys / cell).astype(np.int64)
+        cells_i, cells_j = np.arange(ci[0] - 1, ci[-1] + 2), np.arange(cj[0] - 1, cj[-1] + 2)
+        u = _cell_uniforms(cells_i[None, :], cells_j[:, None], self.seed)  # (3, rows, cols) of cells
+        nx, ny = (cells_i[None, :] + 0.15 + 0.7 * u[0]) * cell, (cells_j[:, None] + 0.15 + 0.7 * u[1]) * cell
+        r2 = ((2.5 + 2.0 * u[2]) / self.mpp) ** 2
+        inside = np.zeros(cls.shape, bool)
+        if cell / (xs[1] - xs[0]) >= 8:  # a few nuclei per tile, each over many pixels: one at a time
+            for x, y, rr2 in zip(nx.ravel() + 0 * ny.ravel(), (ny + 0 * nx).ravel(), r2.ravel()):
+                r = np.sqrt(rr2)
+                k0, k1 = np.searchsorted(xs, x - r), np.searchsorted(xs, x + r, "right")
+                l0, l1 = np.searchsorted(ys, y - r), np.searchsorted(ys, y + r, "right")
+                if k0 < k1 and l0 < l1:
+                    inside[l0:l1, k0:k1] |= (xs[None, k0:k1] - x) ** 2 + (ys[l0:l1, None] - y) ** 2 <= rr2
+        else:  # many nuclei per tile: each pixel against its cell's and its neighbours' nuclei
+            for di in (0, 1, 2):
+                for dj in (0, 1, 2):
+                    jj, ii = (cj - cells_j[0] + dj - 1)[:, None], (ci - cells_i[0] + di - 1)[None, :]
+                    inside |= (xs[None, :] - nx[jj, ii]) ** 2 + (ys[:, None] - ny[jj, ii]) ** 2 <= r2[jj, ii]
+        tissue = ((cls == PX_STROMA) | (cls == PX_OBJECT))[..., None]
+        dark = inside[..., None] & tissue
+        np.copyto(img, 0.3 * img + 0.7 * NUCLEUS_RGB, where=dark)
+        grain = np.random.default_rng([self.seed, level, row, col, 31]).integers(-9, 10, img.shape, dtype=np.int8)
+        img += grain * tissue
 
     def tiles(self, level: int, d: float, w_px: int, h_px: int) -> Iterator[np.ndarray]:
         t = self.tile_px
         for row in range(math.ceil(h_px / t)):
             for col in range(math.ceil(w_px / t)):
                 yield self.tile(level, d, row, col)
+
+
+def _cell_uniforms(i: np.ndarray, j: np.ndarray, seed: int) -> np.ndarray:
+    """Three numbers in [0, 1) per grid cell (i, j) (broadcast), the same for any tile or level."""
+    h = (i.astype(np.uint64) * np.uint64(0x9E3779B97F4A7C15)) ^ (j.astype(np.uint64) * np.uint64(0xC2B2AE3D27D4EB4F))
+    h ^= np.uint64(seed * 0x165667B19E3779F9 % 2**64)
+    out = []
+    for k in range(3):
+        h = (h ^ (h >> np.uint64(31))) * np.uint64(0xBF58476D1CE4E5B9) + np.uint64(k + 1)
+        h ^= h >> np.uint64(29)
+        out.append((h >> np.uint64(11)).astype(np.float64) / 2.0**53)
+    return np.stack(np.broadcast_arrays(*out))
 
 
 def _level_dimensions(w: int, h: int, tile_px: int, level_step: int = 2) -> list[tuple[int, int]]:
@@ -211,6 +263,7 @@ def make_synthetic_slide(
     compression: str | None = "jpeg",
     jpeg_quality: int = 90,
     level_step: int = 2,
+    texture: str = "plain",
     slide_id: str | None = None,
 ) -> SyntheticSlide:
     """Write a pyramidal OME-TIFF of a synthetic H&E slide and return it with its truth.
@@ -230,6 +283,8 @@ def make_synthetic_slide(
         tile_px: TIFF tile size (multiple of 16); the pyramid shrinks until a level fits a tile.
         level_step: downsample between pyramid levels: 2 (default), or 4 as Aperio's SVS files
             have (levels 1, 4, 16, ...).
+        texture: ``"plain"`` (default: the tissue every test slide has), or ``"nuclei"``: dark nuclei
+            in stroma and objects, and colour grain, so JPEG tiles cost what a scan's do to decode.
         compression: ``"jpeg"`` (default, fast), ``"zlib"`` or None.
         slide_id: defaults to the file name without ``.ome.tif`` (or its suffix).
     """
@@ -237,14 +292,16 @@ def make_synthetic_slide(
     w, h = int(width_l0_px), int(height_l0_px)
     if tile_px % 16:
         raise ValueError(f"tile_px must be a multiple of 16, got {tile_px}")
+    if level_step not in (2, 4):
+        raise ValueError(f"level_step must be 2 or 4, got {level_step!r}")
+    if texture not in TEXTURES:
+        raise ValueError(f"texture must be one of {TEXTURES}, got {texture!r}")
     if slide_id is None:
         slide_id = slide_id_from_path(path)
     objs, tissue, truth = build_scene(w, h, mpp, n_objects, seed, n_large, n_edge, context_objects, tissue_fraction,
                                  min_gap_um)
-    if level_step not in (2, 4):
-        raise ValueError(f"level_step must be 2 or 4, got {level_step!r}")
     dims = _level_dimensions(w, h, tile_px, level_step)
-    renderer = _Renderer(objs, tissue, mpp, seed, tile_px)
+    renderer = _Renderer(objs, tissue, mpp, seed, tile_px, texture)
     comp: dict = {}
     if compression == "jpeg":
         comp = {"compression": "jpeg", "compressionargs": {"level": int(jpeg_quality)}}
