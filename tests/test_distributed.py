@@ -41,6 +41,14 @@ def cohort(tmp_path_factory):
         s = make_synthetic_slide(slides / f"case_{i}.ome.tif", 3000, 2400, mpp=0.5, n_objects=8, seed=10 + i,
                                  n_large=0)
         s.write_truth(prompts / f"case_{i}.geojson")
+        # Each object's box, and one point prompt in the largest object: the random model's mask for
+        # it runs past its windows, so completion segments it again one level coarser (new batches
+        # of the slide on Ray; boxes are completed only within their annotator tolerance).
+        doc = json.loads((prompts / f"case_{i}.geojson").read_text())
+        inside = s.truth.geometry.iloc[int(s.truth.geometry.area.argmax())].representative_point()
+        doc["features"].append({"type": "Feature", "geometry": {"type": "Point", "coordinates": [inside.x, inside.y]},
+                                "properties": {"objectType": "annotation"}})
+        (prompts / f"case_{i}.geojson").write_text(json.dumps(doc))
     model = wsisam.save_wsisam(make_model("vit_test", seed=0), d / "model.safetensors")
     return slides, prompts, model
 
@@ -103,7 +111,7 @@ def embedded_run(cohort, tmp_path_factory):
 def test_embedded_mode(embedded_run):
     out, results = embedded_run
     assert [r.slide_id for r in results] == ["case_0", "case_1", "case_2"]
-    assert all(r.status == "done" and r.objects + r.empty_masks == r.prompts == 8 for r in results)
+    assert all(r.status == "done" and r.objects + r.empty_masks == r.prompts == 9 for r in results)  # 8 boxes, 1 point
     m = read_manifest(out)
     # Batches went to the first actor that had loaded the model; the other never finished loading.
     assert len(m["actors"]) == 1 and m["actors"][0]["gpu_ids"] == [] and m["actors"][0]["device"] == "cpu"
