@@ -2,6 +2,8 @@ import os
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
+import contextlib
+import functools
 import socket
 
 import numpy as np
@@ -119,3 +121,22 @@ def tree_hashes(root, *, ignore_run_records: bool = False) -> dict[str, str]:
     return {str(p.relative_to(root)): hashlib.sha256(p.read_bytes()).hexdigest()
             for p in sorted(root.rglob("*")) if p.is_file()
             and not (ignore_run_records and set(p.relative_to(root).parts) & set(RUN_RECORDS))}
+
+
+@contextlib.contextmanager
+def count_decoded_prompts(model: wsisam.WsiSam):
+    """Counts the prompts that go through each decoder's two-way transformer inside the block,
+    as ``{"hr": n, "lr": n}`` (a forward hook on its last layer, which every decoder path runs
+    once per prompt decoded)."""
+    seen = {"hr": 0, "lr": 0}
+
+    def hook(name, module, args, kwargs, out):
+        seen[name] += out[0].shape[0]
+
+    handles = [dec.transformer.layers[-1].register_forward_hook(functools.partial(hook, name), with_kwargs=True)
+               for name, dec in (("hr", model.mask_decoder_hr), ("lr", model.mask_decoder_lr))]
+    try:
+        yield seen
+    finally:
+        for h in handles:
+            h.remove()

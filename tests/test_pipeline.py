@@ -16,14 +16,15 @@ import zarr
 from affine import Affine
 
 import wsisam
-from conftest import make_model
-from engine.completion import LR_MASK_KEY
+from conftest import count_decoded_prompts, make_model
+from engine.completion import LR_MASK_KEY, hr_placement, touches_border
 from engine.pipeline import OutputConfig, segment_slide
 from engine.slide_writer import SlideWriter
 from engine.prompts import read_prompts
 from engine.records import ObjectMask, Prompt
 from engine.scheduler import ScheduleConfig, Window, schedule_stats, schedule_windows
-from engine.segmenters import TruthSegmenter, WindowJob, WsiSamSegmenter, prompt_arrays_hr_px
+from engine.segmenters import TruthSegmenter, WindowJob, WsiSamSegmenter
+from engine.segmenters.base import crop_to_object
 from engine.slides import open_slide
 from engine.support.synthetic import make_synthetic_slide
 
@@ -229,7 +230,9 @@ def test_output_folder_that_cannot_be_written(synth, tmp_path):
 
 
 class ReferenceWsiSamSegmenter(WsiSamSegmenter):
-    """The segmenter as it was: window-sized masks for all prompts from the plain decoder path.
+    """The segmenter as it was: window-sized masks for all prompts from the plain decoder path, and
+    for the masks that reach their HR border (``engine.completion``'s rule on the placed object) the
+    prompt's LR mask from a second, plain decoder pass (``predict(..., return_lr=True)``).
 
     Pixels whose plain-path logit is within float rounding of 0 (``tie_logit``) may fall either
     way on the fast path (same maths, another summation order): there it takes the fast path's
@@ -238,28 +241,39 @@ class ReferenceWsiSamSegmenter(WsiSamSegmenter):
     tie_logit = 1e-5
     ties_flipped = 0
 
-    def _predict(self, items, jobs):
-        crops, _ = super()._predict(items, jobs)
-        arrays = [prompt_arrays_hr_px([p], jobs[k].window) for k, p in items]
-        kw = {key: None if arrays[0][key] is None else np.concatenate([a[key] for a in arrays])
-              for key in ("boxes", "points", "point_labels")}
-        out = self.predictor.predict(pair_index=np.array([k for k, _ in items]), return_lr=False, reference=True,
-                                     **kw)
-        fast = np.zeros_like(out.hr_masks)
-        for j, c in enumerate(crops):
-            if c is not None:
-                fast[j, c.row0_px:c.row0_px + c.mask.shape[0], c.col0_px:c.col0_px + c.mask.shape[1]] = c.mask
-        tie = np.abs(out.hr_logits) < self.tie_logit
-        self.ties_flipped += int((tie & (fast != out.hr_masks)).sum())
-        crops = wsisam.predictor.foreground_crops(torch.from_numpy(np.where(tie, fast, out.hr_masks)))
+    def _predict(self, items, jobs, lr_masks):
+        crops, _, lr = super()._predict(items, jobs, lr_masks)
+        kw, pair_index = self._prompt_kwargs(items, jobs)
+        out = self.predictor.predict(pair_index=pair_index, return_lr=False, reference=True, **kw)
+        crops = self._untie(out.hr_logits, crops)
         for c, stability in zip(crops, wsisam.stability_scores(torch.from_numpy(out.hr_logits)).numpy()):
             if c is not None:
                 c.stability = float(stability)
-        return crops, out.iou
+        objs = [c and crop_to_object(c.mask, c.row0_px, c.col0_px, prompt, jobs[k].window, 0.0)
+                for (k, prompt), c in zip(items, crops)]
+        cut = [j for j, ((k, _), o) in enumerate(zip(items, objs)) if lr_masks and o is not None
+               and touches_border(*hr_placement(o, jobs[k].window.pair), o.mask.shape, self.patch_px)]
+        if not cut:
+            return crops, out.iou, {}
+        kw, pair_index = self._prompt_kwargs([items[j] for j in cut], jobs)  # the second pass
+        two_pass = self.predictor.predict(pair_index=pair_index, return_lr=True, **kw)
+        return crops, out.iou, dict(zip(cut, self._untie(two_pass.lr_logits, [lr.get(j) for j in cut])))
+
+    def _untie(self, logits, fast_crops):
+        """(n, S, S) plain-path logits -> masks cropped, where ties take the fast crops' decision."""
+        fast = np.zeros(logits.shape, bool)
+        for j, c in enumerate(fast_crops):
+            if c is not None:
+                fast[j, c.row0_px:c.row0_px + c.mask.shape[0], c.col0_px:c.col0_px + c.mask.shape[1]] = c.mask
+        tie = np.abs(logits) < self.tie_logit
+        self.ties_flipped += int((tie & (fast != (logits > 0))).sum())
+        return wsisam.predictor.foreground_crops(torch.from_numpy(np.where(tie, fast, logits > 0)))
 
 
 def test_many_prompts_per_window_give_the_same_objects_as_the_plain_path(synth):
-    """Cropped masks from the fast decoder path = window-sized masks from the plain path, cropped."""
+    """Cropped masks from the fast decoder path = window-sized masks from the plain path, cropped;
+    the LR masks for completion come from the same single decoder pass and equal the plain path's
+    second pass."""
     s, _ = synth
     rng = np.random.default_rng(5)
     jobs = []
@@ -276,16 +290,22 @@ def test_many_prompts_per_window_give_the_same_objects_as_the_plain_path(synth):
             jobs.append(WindowJob(Window(s.slide_id, w, 0, pair, tuple(p.prompt_id for p in prompts)), hr, lr,
                                   prompts))
     predictor = wsisam.WsiSamPredictor(make_model("vit_test", seed=2), device="cpu")
-    fast = WsiSamSegmenter(predictor).segment(jobs)
+    with count_decoded_prompts(predictor.model) as decoded:
+        fast = WsiSamSegmenter(predictor).segment(jobs)
+    assert decoded == {"hr": 92, "lr": 92}  # each prompt decoded once, its LR mask included
     reference = ReferenceWsiSamSegmenter(predictor)
     plain = reference.segment(jobs)
-    assert reference.ties_flipped <= 10  # of 92 x 256 x 256 pixels
+    assert reference.ties_flipped <= 10  # of 92 x 256 x 256 pixels, HR and LR
     assert len(fast) == len(plain) > 60
+    assert sum(LR_MASK_KEY in a.extra for a in fast) > 10  # random weights: noise masks that reach the border
     for a, b in zip(fast, plain):
         assert (a.prompt_id, a.origin_l0_px, a.mask.shape) == (b.prompt_id, b.origin_l0_px, b.mask.shape)
         np.testing.assert_array_equal(a.mask, b.mask)
-        lr_a, lr_b = a.extra.pop(LR_MASK_KEY, None), b.extra.pop(LR_MASK_KEY, None)  # masks at the HR border
-        assert (lr_a is None) == (lr_b is None) and (lr_a is None or np.array_equal(lr_a.mask, lr_b.mask))
+        assert (LR_MASK_KEY in a.extra) == (LR_MASK_KEY in b.extra)  # masks at the HR border
+        lr_a, lr_b = a.extra.pop(LR_MASK_KEY, None), b.extra.pop(LR_MASK_KEY, None)
+        assert (lr_a is None) == (lr_b is None)
+        assert lr_a is None or (lr_a.row0_px, lr_a.col0_px) == (lr_b.row0_px, lr_b.col0_px)
+        assert lr_a is None or np.array_equal(lr_a.mask, lr_b.mask)
         assert a.score == pytest.approx(b.score, abs=1e-6) and a.extra.keys() == b.extra.keys()
         assert a.extra.pop("stability") == pytest.approx(b.extra.pop("stability"), abs=1e-3) and a.extra == b.extra
 

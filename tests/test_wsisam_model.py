@@ -4,7 +4,7 @@ import pytest
 import torch
 
 import wsisam
-from conftest import DEVICE, make_model, random_pair
+from conftest import DEVICE, count_decoded_prompts, make_model, random_pair
 from wsisam.geometry import hr_to_lr_mask, hr_to_lr_px, lr_to_hr_px
 from wsisam.modeling import EncodedImages
 from wsisam.prompts import PromptBatch
@@ -295,8 +295,13 @@ def test_fast_hr_path_equals_reference(encoded, kind, n):
             ref = model.forward_wsi(EncodedImages(hr.embeddings[idx], None), hr_f[idx],
                                     EncodedImages(lr.embeddings[idx], None), lr_f[idx], prompts, prompts.to_lr(256, 2.0))
             fast, iou = model.forward_hr(hr, hr_f, lr, lr_f, idx, prompts, prompts.to_lr(256, 2.0))
+            out = model.forward_fast(hr, hr_f, lr, idx, prompts, prompts.to_lr(256, 2.0))
+            some = torch.arange(0, n, 2)  # the LR masks of some prompts, from the same pass
+            lr_logits = model.fast_lr_logits(out, lr_f, idx, some)
         torch.testing.assert_close(fast, ref.hr_logits, rtol=0, atol=1e-5)
         torch.testing.assert_close(iou, ref.iou, rtol=0, atol=1e-5)
+        assert torch.equal(out.hr_logits, fast) and torch.equal(out.iou, iou)
+        torch.testing.assert_close(lr_logits, ref.lr_logits[some], rtol=0, atol=1e-5)
         assert ref.hr_logits.std() > 0.01
 
 
@@ -306,13 +311,43 @@ def test_predictor_fast_path_and_crops_equal_reference(predictor):
     fast = predictor.predict(boxes=BOXES, pair_index=pairs, return_lr=False)
     np.testing.assert_allclose(fast.hr_logits, ref.hr_logits, rtol=0, atol=1e-5)
     np.testing.assert_allclose(fast.iou, ref.iou, rtol=0, atol=1e-5)
-    crops, iou = predictor.predict_mask_crops(boxes=BOXES, pair_index=pairs)
+    crops, iou, lr = predictor.predict_mask_crops(boxes=BOXES, pair_index=pairs)
     np.testing.assert_allclose(iou, ref.iou, rtol=0, atol=1e-5)
+    assert lr == {}  # none asked for
     for crop, mask, logits in zip(crops, ref.hr_masks, ref.hr_logits):
-        whole = np.zeros_like(mask)
-        if crop is not None:
-            h, w = crop.mask.shape
-            assert crop.mask[0].any() and crop.mask[-1].any() and crop.mask[:, 0].any() and crop.mask[:, -1].any()
-            whole[crop.row0_px:crop.row0_px + h, crop.col0_px:crop.col0_px + w] = crop.mask
-        sure = np.abs(logits) > 1e-5
-        np.testing.assert_array_equal(whole[sure], mask[sure])
+        assert_crop_is_mask(crop, mask, logits)
+
+
+def assert_crop_is_mask(crop, mask, logits):
+    """A mask crop (or None) is the (S, S) mask cropped to its foreground, but where the plain
+    path's logits are within float rounding of 0 (the fast path sums in another order)."""
+    whole = np.zeros_like(mask)
+    if crop is not None:
+        h, w = crop.mask.shape
+        assert crop.mask[0].any() and crop.mask[-1].any() and crop.mask[:, 0].any() and crop.mask[:, -1].any()
+        whole[crop.row0_px:crop.row0_px + h, crop.col0_px:crop.col0_px + w] = crop.mask
+    sure = np.abs(logits) > 1e-5
+    np.testing.assert_array_equal(whole[sure], mask[sure])
+
+
+def test_lr_masks_from_the_same_pass_equal_the_plain_paths(predictor):
+    """``lr_where`` picks prompts by their HR crop; their LR masks come from the HR masks' decoder
+    pass and equal ``predict``'s ``lr_masks`` (the plain path that decodes both); the HR masks do
+    not change; each prompt goes through the decoders once."""
+    boxes, pairs = np.vstack([BOXES, np.clip(BOXES + [30, 0, 30, 0], 0, 255)]), [0, 1, 2, 1, 2, 0, 1, 0]
+    chosen = lambda crop: crop.mask.sum() > 38_000  # noqa: E731  (the larger half of these random masks)
+    with count_decoded_prompts(predictor.model) as decoded:
+        crops, iou, lr = predictor.predict_mask_crops(boxes=boxes, pair_index=pairs, lr_where=chosen)
+    assert decoded == {"hr": len(boxes), "lr": len(boxes)}
+    hr_only, hr_only_iou, _ = predictor.predict_mask_crops(boxes=boxes, pair_index=pairs)
+    np.testing.assert_array_equal(iou, hr_only_iou)
+    for a, b in zip(crops, hr_only):
+        assert (a is None) == (b is None) and (a is None or (a.row0_px, a.col0_px) == (b.row0_px, b.col0_px)
+                                              and np.array_equal(a.mask, b.mask) and a.stability == b.stability)
+    want = [k for k, c in enumerate(crops) if c is not None and chosen(c)]
+    assert sorted(lr) == want and 0 < len(want) < len(boxes)
+    ref = predictor.predict(boxes=boxes, pair_index=pairs, return_lr=True)
+    for k, crop in lr.items():
+        assert_crop_is_mask(crop, ref.lr_masks[k], ref.lr_logits[k])
+    assert sum(ref.lr_masks[want].any((1, 2))) == sum(c is not None for c in lr.values()) > 0
+

@@ -2,13 +2,15 @@
 from __future__ import annotations
 
 import contextlib
+from collections.abc import Callable
 from dataclasses import dataclass
+from functools import partial
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 
-from .modeling import EncodedImages, WsiSam
+from .modeling import EncodedImages, FastOutput, WsiSam
 from .prompts import PromptBatch
 
 
@@ -207,10 +209,12 @@ class WsiSamPredictor:
         return prompts, self._pair_index(pair_index, len(prompts))
 
     def _decode(self, prompts: PromptBatch, idx: torch.Tensor, add_sam_logits, return_lr: bool, reference: bool):
-        """Yield (prompt slice, HR low-res logits, LR low-res logits or None, IoU) per decoder batch.
+        """Yield (prompt slice, HR low-res logits, LR, IoU) per decoder batch, where LR maps the
+        batch's rows (k,) to their LR low-res logits (k, 1, L, L) from the same pass.
 
-        HR only (``return_lr=False``) takes :meth:`WsiSam.forward_hr` on the images of the batch;
-        ``reference=True`` takes :meth:`WsiSam.forward_wsi`, the plain computation it must equal."""
+        ``return_lr=False`` takes :meth:`WsiSam.forward_fast` on the images of the batch, whose LR
+        logits are made only for the rows asked for; ``return_lr`` or ``reference=True`` takes
+        :meth:`WsiSam.forward_wsi`, the plain computation it must equal (no LR without ``return_lr``)."""
         for start in range(0, len(prompts), self.max_prompts_per_batch):
             sl = slice(start, start + self.max_prompts_per_batch)
             hr_p, i = prompts.select(sl), idx[sl]
@@ -221,13 +225,20 @@ class WsiSamPredictor:
                         EncodedImages(self._rows(self._hr.embeddings, i), None), self._rows(self._hr_features, i),
                         EncodedImages(self._rows(self._lr.embeddings, i), None), self._rows(self._lr_features, i),
                         hr_p, lr_p, add_sam_logits=add_sam_logits, lr_mask=return_lr)
-                    yield sl, o.hr_logits.float(), None if o.lr_logits is None else o.lr_logits.float(), o.iou.float()
+                    lr = None if o.lr_logits is None else (lambda rows, o=o: o.lr_logits[rows].float())
+                    yield sl, o.hr_logits.float(), lr, o.iou.float()
                     continue
                 used, rows = torch.unique(i, return_inverse=True)
-                hr, iou = self.model.forward_hr(
-                    EncodedImages(self._hr.embeddings[used], None), self._hr_features[used],
-                    EncodedImages(self._lr.embeddings[used], None), None, rows, hr_p, lr_p, add_sam_logits)
-            yield sl, hr.float(), None, iou.float()
+                fast = self.model.forward_fast(EncodedImages(self._hr.embeddings[used], None), self._hr_features[used],
+                                               EncodedImages(self._lr.embeddings[used], None), rows, hr_p, lr_p,
+                                               add_sam_logits)
+            yield sl, fast.hr_logits.float(), partial(self._fast_lr, fast, i), fast.iou.float()
+
+    def _fast_lr(self, fast: FastOutput, idx: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
+        """LR low-res logits (k, 1, L, L) of the ``rows`` of a fast decoder batch whose prompts are on
+        the pairs ``idx``."""
+        with self._autocast():
+            return self.model.fast_lr_logits(fast, self._lr_features, idx, rows).float()
 
     @torch.inference_mode()
     def predict(self, boxes=None, points=None, point_labels=None, mask_inputs=None, pair_index=None,
@@ -251,22 +262,30 @@ class WsiSamPredictor:
             low_res[sl] = hr[:, 0].cpu().numpy()
             iou[sl] = score.cpu().numpy()
             if return_lr:
-                lr_logits[sl] = self._upsample(lr).cpu().numpy()
+                lr_logits[sl] = self._upsample(lr(slice(None))).cpu().numpy()
         return WsiSamPrediction(hr_logits, lr_logits, iou, low_res)
 
     @torch.inference_mode()
     def predict_mask_crops(self, boxes=None, points=None, point_labels=None, mask_inputs=None, pair_index=None,
-                           add_sam_logits: bool | None = None) -> tuple[list[MaskCrop | None], np.ndarray]:
+                           add_sam_logits: bool | None = None, lr_where: Callable[[MaskCrop], bool] | None = None
+                           ) -> tuple[list[MaskCrop | None], np.ndarray, dict[int, MaskCrop | None]]:
         """Each prompt's HR mask (logit > 0, as :meth:`predict`'s ``hr_masks``) cropped to its
         foreground (None when empty), with its stability (:func:`stability_scores` of the HR
-        logits), and SAM's IoU (N,). Memory stays at one decoder batch of S x S logits, whatever N."""
+        logits), SAM's IoU (N,), and the LR mask (as ``lr_masks``), cropped the same way, of each
+        prompt whose HR crop ``lr_where`` accepts, by prompt index: made from the same decoder pass.
+        Memory stays at one decoder batch of S x S logits, whatever N."""
         prompts, idx = self._prompts(boxes, points, point_labels, mask_inputs, pair_index)
         crops: list[MaskCrop | None] = []
-        ious = []
-        for _, hr, _, score in self._decode(prompts, idx, add_sam_logits, False, False):
-            crops.extend(logit_crops(self._upsample(hr)))
+        ious, lr_crops = [], {}
+        for sl, hr, lr, score in self._decode(prompts, idx, add_sam_logits, False, False):
+            batch = logit_crops(self._upsample(hr))
+            wanted = [] if lr_where is None else [k for k, c in enumerate(batch) if c is not None and lr_where(c)]
+            if wanted:
+                lr_logits = self._upsample(lr(torch.as_tensor(wanted, device=self.device)))
+                lr_crops.update(zip([sl.start + k for k in wanted], foreground_crops(lr_logits > 0.0)))
+            crops.extend(batch)
             ious.append(score.cpu().numpy())
-        return crops, np.concatenate(ious)
+        return crops, np.concatenate(ious), lr_crops
 
     @torch.inference_mode()
     def predict_sam(self, boxes=None, points=None, point_labels=None, mask_inputs=None, pair_index=None,

@@ -40,7 +40,8 @@ def run_engine(slide, prompts, segmenter: WsiSamSegmenter, schedule, windows_per
         plan = plan_slide(slide, prompts, schedule)
         for level in by_level(plan.windows):
             for windows in batched(level, windows_per_batch):
-                objects += len(segmenter.segment(list(read_jobs(slide, plan.prompts_by_id(), windows))))
+                jobs = list(read_jobs(slide, plan.prompts_by_id(), windows))
+                objects += len(segmenter.segment(jobs, lr_masks=schedule.complete_cut_objects))  # as segment
     stats = schedule_stats(plan.windows)
     return {"prompts": len(plan.prompts), "windows": stats.windows, "encoder_passes": stats.encoder_passes,
             "objects_nonempty": objects, "seconds": t.s, "encode_s": segmenter.timings["encode"] - enc0,
@@ -60,7 +61,7 @@ def run_naive(slide, prompts, segmenter: WsiSamSegmenter, schedule) -> dict:
                                     schedule.lr_mpp * 2**level)
             hr, lr = slide.read_patch_pair(pair)
             window = Window(slide.slide_id, i, level, pair, (p.prompt_id,))
-            objects += len(segmenter.segment([WindowJob(window, hr, lr, [p])]))
+            objects += len(segmenter.segment([WindowJob(window, hr, lr, [p])], lr_masks=schedule.complete_cut_objects))
     return {"prompts": len(prompts), "windows": len(prompts), "encoder_passes": 2 * len(prompts),
             "objects_nonempty": objects, "seconds": t.s, "encode_s": segmenter.timings["encode"] - enc0,
             "decode_s": segmenter.timings["decode"] - dec0}

@@ -10,7 +10,7 @@ import torch
 import wsisam
 import wsisam.predictor
 
-from ..completion import LR_MASK_KEY, hr_placement, touches_border
+from ..completion import LR_MASK_KEY, touches_border
 from ..records import ObjectMask
 from .base import WindowJob, crop_to_object, group_by_kind, mask_to_object, prompt_arrays_hr_px
 
@@ -49,8 +49,8 @@ class WsiSamSegmenter:
         flat = [(k, p) for k, j in enumerate(jobs) for p in j.prompts]
         results: dict[int, ObjectMask | None] = {}
         for idx in group_by_kind([p for _, p in flat]).values():
-            masks, scores = self._predict([flat[i] for i in idx], jobs)
-            for i, mask, score in zip(idx, masks, scores):
+            masks, scores, lr = self._predict([flat[i] for i in idx], jobs, lr_masks)
+            for j, (i, mask, score) in enumerate(zip(idx, masks, scores)):
                 k, prompt = flat[i]
                 if mask is None or isinstance(mask, wsisam.MaskCrop):  # a foreground crop, or empty
                     results[i] = mask and crop_to_object(mask.mask, mask.row0_px, mask.col0_px, prompt,
@@ -59,27 +59,16 @@ class WsiSamSegmenter:
                     results[i] = mask_to_object(mask, prompt, jobs[k].window, score)
                 if results[i] is not None and getattr(mask, "stability", None) is not None:
                     results[i].extra["stability"] = mask.stability  # of the HR logits (wsisam.stability_scores)
-            if lr_masks:
-                self._attach_lr_masks([i for i in idx if results[i] is not None], flat, jobs, results)
+                if j in lr:
+                    results[i].extra[LR_MASK_KEY] = lr[j]
         self.timings["encode"] += t1 - t0
         self.timings["decode"] += time.perf_counter() - t1
         return [results[i] for i in range(len(flat)) if results[i] is not None]
 
-    def _attach_lr_masks(self, idx, flat, jobs, results) -> None:
-        """Give each mask that reaches its HR patch's border the prompt's LR mask (cropped, in LR px)
-        as ``extra[LR_MASK_KEY]``: the completion step (``engine.completion``) needs it. Only those
-        prompts are decoded again, with the LR mask (the HR-only path does not make it)."""
-        if self.mode != "wsi":
-            return
-        cut = [i for i in idx if touches_border(*hr_placement(results[i], jobs[flat[i][0]].window.pair),
-                                                results[i].mask.shape, self.patch_px)]
-        step = min(self.predictor.max_prompts_per_batch, 16)  # predict() holds step x 2 x S x S float32 logits
-        for start in range(0, len(cut), step):
-            part = cut[start:start + step]
-            kw, pair_index = self._prompt_kwargs([flat[i] for i in part], jobs)
-            lr = self.predictor.predict(pair_index=pair_index, return_lr=True, **kw).lr_masks
-            for i, crop in zip(part, wsisam.predictor.foreground_crops(torch.from_numpy(lr))):
-                results[i].extra[LR_MASK_KEY] = crop
+    def _reaches_border(self, crop: wsisam.MaskCrop) -> bool:
+        """Whether a mask needs its LR mask for completion (``engine.completion``): it reaches its
+        HR patch's border."""
+        return touches_border(crop.row0_px, crop.col0_px, crop.mask.shape, self.patch_px)
 
     def _prompt_kwargs(self, items, jobs):
         # Prompts are converted per window (each has its own frame), then batched together.
@@ -88,11 +77,15 @@ class WsiSamSegmenter:
               for key in ("boxes", "points", "point_labels")}
         return kw, np.array([k for k, _ in items])
 
-    def _predict(self, items, jobs):
+    def _predict(self, items, jobs, lr_masks: bool):
+        """Masks, scores and, by item index, the LR masks (cropped, in LR px) of the masks that reach
+        their HR border when ``lr_masks`` (``mode="wsi"`` only: SAM's own path makes none)."""
         kw, pair_index = self._prompt_kwargs(items, jobs)
         if self.mode == "sam":
             logits, iou = self.predictor.predict_sam(pair_index=pair_index, **kw)
-            return wsisam.predictor.logit_crops(torch.from_numpy(logits[:, 0])), iou[:, 0]
+            return wsisam.predictor.logit_crops(torch.from_numpy(logits[:, 0])), iou[:, 0], {}
         # Masks come back cropped to their foreground, one decoder batch at a time: memory does
-        # not grow with the number of prompts times the window area.
-        return self.predictor.predict_mask_crops(pair_index=pair_index, **kw)
+        # not grow with the number of prompts times the window area. Each prompt is decoded once;
+        # the LR mask comes from the same pass.
+        lr_where = self._reaches_border if lr_masks else None
+        return self.predictor.predict_mask_crops(pair_index=pair_index, lr_where=lr_where, **kw)

@@ -5,7 +5,7 @@ defer_package_init()  # segment_anything's predictor (and torchvision) only when
 from .tiny_vit import TinyViT  # noqa: E402
 from .vit_encoder import ViTFeatureEncoder
 from .wsi_decoder import WSI_PARAM_PREFIXES, DecoderOutput, WsiMaskDecoder
-from .wsisam import EncodedImages, WsiSam, WsiSamOutput
+from .wsisam import EncodedImages, FastOutput, WsiSam, WsiSamOutput
 
 __all__ = ["TinyViT", "ViTFeatureEncoder", "WsiMaskDecoder", "DecoderOutput", "WSI_PARAM_PREFIXES",
-           "WsiSam", "WsiSamOutput", "EncodedImages"]
+           "WsiSam", "WsiSamOutput", "FastOutput", "EncodedImages"]

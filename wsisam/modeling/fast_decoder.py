@@ -1,7 +1,9 @@
 """WSI-SAM's HR mask at inference with less work: the same maths as ``WsiSam.forward_wsi`` (the
-reference), reordered where the algebra allows. Only the HR mask and SAM's IoU are produced:
+reference), reordered where the algebra allows. The HR mask and SAM's IoU are produced, and the
+LR mask only for the prompts it is asked for, from the same pass (``WsiSam.fast_lr_logits``):
 
-- the LR decoder stops at its WSI token (no LR upscaling, fusion, IoU head or SAM LR logits);
+- the LR decoder stops at its WSI token and final keys (no LR upscaling or fusion unless asked
+  for, no IoU head or SAM LR logits);
 - the first transformer layer's projections of the image side (keys/values of token-to-image
   attention, queries of image-to-token attention) are computed once per image, not per prompt,
   when the dense prompt embedding is the same for every prompt (no mask inputs);

@@ -39,6 +39,18 @@ class WsiSamOutput:
     iou: torch.Tensor
 
 
+@dataclass
+class FastOutput:
+    """:meth:`WsiSam.forward_fast` for N prompts: hr_logits (N, 1, L, L) and iou (N,) as
+    :class:`WsiSamOutput`'s; token (N, D/8) the aggregated WSI token and lr_keys (N, HW, D) the LR
+    decoder's final image side, from which :meth:`WsiSam.fast_lr_logits` makes LR masks."""
+
+    hr_logits: torch.Tensor
+    iou: torch.Tensor
+    token: torch.Tensor
+    lr_keys: torch.Tensor
+
+
 def build_image_encoder(cfg: WsiSamConfig) -> nn.Module:
     enc = cfg.encoder
     if enc.kind == "tiny_vit":
@@ -170,21 +182,41 @@ class WsiSam(nn.Module):
         LR mask is not made); idx (N,) is the image row of each prompt.
         """
         del lr_features
+        out = self.forward_fast(hr, hr_features, lr, idx, hr_prompts, lr_prompts, add_sam_logits)
+        return out.hr_logits, out.iou
+
+    def forward_fast(self, hr: EncodedImages, hr_features: torch.Tensor, lr: EncodedImages, idx: torch.Tensor,
+                     hr_prompts: PromptBatch, lr_prompts: PromptBatch, add_sam_logits: bool | None = None
+                     ) -> FastOutput:
+        """:meth:`forward_hr`'s outputs, with what :meth:`fast_lr_logits` needs to make the LR mask of
+        any of the prompts afterwards from this same pass (the LR decoder's transformer is not run again)."""
         pe = self.prompt_encoder.get_dense_pe().flatten(2).transpose(1, 2)
         dec_hr, dec_lr = self.mask_decoder_hr, self.mask_decoder_lr
         hf = 1 + dec_hr.num_mask_tokens
         hr_tokens, keys = decoder_tokens(dec_hr, *self._image_src(hr, hr_prompts, idx), pe, [0, 1, hf])
-        lr_tokens, _ = decoder_tokens(dec_lr, *self._image_src(lr, lr_prompts, idx), pe, [hf])
+        lr_tokens, lr_keys = decoder_tokens(dec_lr, *self._image_src(lr, lr_prompts, idx), pe, [hf])
         token = dec_hr.hf_mlp(hr_tokens[:, 2]) + dec_lr.hf_mlp(lr_tokens[:, 0])
         if self.config.token_aggregation == "mean":
             token = token / 2
-        n, hw, c = keys.shape
-        g = self.config.embedding_px
-        upscaled = dec_hr.output_upscaling(keys.transpose(1, 2).reshape(n, c, g, g))
+        upscaled = self._upscaled(dec_hr, keys)
         logits = folded_fusion_logits(dec_hr, token, upscaled, hr_features, idx)
         if self.config.add_sam_logits if add_sam_logits is None else add_sam_logits:
             logits = logits + self._apply_token(dec_hr.output_hypernetworks_mlps[0](hr_tokens[:, 1]), upscaled)
-        return logits, dec_hr.iou_prediction_head(hr_tokens[:, 0])[:, 0]
+        return FastOutput(logits, dec_hr.iou_prediction_head(hr_tokens[:, 0])[:, 0], token, lr_keys)
+
+    def fast_lr_logits(self, out: FastOutput, lr_features: torch.Tensor, idx: torch.Tensor,
+                       rows: torch.Tensor) -> torch.Tensor:
+        """LR logits (n, 1, L, L) of the prompts ``rows`` (n,) of a :meth:`forward_fast` output: the
+        LR decoder's fusion with the aggregated token, as :meth:`forward_wsi`'s ``lr_logits``.
+        ``lr_features`` has one row per image, idx (N,) is the image row of each of the N prompts."""
+        upscaled = self._upscaled(self.mask_decoder_lr, out.lr_keys[rows])
+        return folded_fusion_logits(self.mask_decoder_lr, out.token[rows], upscaled, lr_features, idx[rows])
+
+    def _upscaled(self, dec: WsiMaskDecoder, keys: torch.Tensor) -> torch.Tensor:
+        """The decoder's upscaled mask features (N, D/8, L, L) from its final keys (N, HW, D)."""
+        n, hw, c = keys.shape
+        g = self.config.embedding_px
+        return dec.output_upscaling(keys.transpose(1, 2).reshape(n, c, g, g))
 
     def _image_src(self, images: EncodedImages, prompts: PromptBatch, idx: torch.Tensor
                    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
