@@ -351,3 +351,12 @@ def test_lr_masks_from_the_same_pass_equal_the_plain_paths(predictor):
         assert_crop_is_mask(crop, ref.lr_masks[k], ref.lr_logits[k])
     assert sum(ref.lr_masks[want].any((1, 2))) == sum(c is not None for c in lr.values()) > 0
 
+
+
+def test_encoder_batch_by_device_and_image_size():
+    """On a CPU 1024 px images are encoded one at a time (faster there); 256 px ones and any image
+    on a GPU in fours; an explicit size is kept."""
+    small = wsisam.WsiSamPredictor(make_model("vit_test"), device="cpu")
+    large = wsisam.WsiSamPredictor(wsisam.build_wsisam("vit_tiny"), device="cpu")
+    assert (small.encoder_batch_size, large.encoder_batch_size) == (4, 1)
+    assert wsisam.WsiSamPredictor(make_model("vit_test"), device="cpu", encoder_batch_size=2).encoder_batch_size == 2

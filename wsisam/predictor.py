@@ -49,6 +49,8 @@ class MaskCrop:
     stability: float | None = None
 
 
+#: On a CPU, images at least this large (px per side) are encoded one at a time (see WsiSamPredictor).
+CPU_ONE_IMAGE_PX = 1024
 #: SAM's ``stability_score_offset``: logits are thresholded at +offset and -offset.
 STABILITY_OFFSET = 1.0
 
@@ -100,10 +102,15 @@ class WsiSamPredictor:
     """
 
     def __init__(self, model: WsiSam, device: str | torch.device | None = None, amp_dtype: torch.dtype | None = None,
-                 compile: bool = False, encoder_batch_size: int = 4, max_prompts_per_batch: int | None = None) -> None:
+                 compile: bool = False, encoder_batch_size: int | None = None,
+                 max_prompts_per_batch: int | None = None) -> None:
         if device is None:
             device = "cuda" if torch.cuda.is_available() else "cpu"
         self.device = torch.device(device)
+        if encoder_batch_size is None:
+            # On a CPU a large image's activations spill the caches: 1024 px images encode faster one
+            # at a time there; small ones (the 256 px demo model) and any image on a GPU in fours.
+            encoder_batch_size = 1 if self.device.type == "cpu" and model.config.img_size >= CPU_ONE_IMAGE_PX else 4
         if max_prompts_per_batch is None:
             # On a CPU the decoder is compute-bound per prompt (the fusion convolutions run at 4g x 4g
             # for every prompt) and large batches only spill caches; a GPU wants wide batches.
