@@ -82,9 +82,7 @@ def _tile_jobs(slide, pair) -> list[tuple[int, int]]:
 def _raw_decode(slide, jobs: list[tuple[int, int]]) -> None:
     tiles = slide._tiled()
     for level, i in jobs:
-        page = tiles.levels[level].page
-        data = os.pread(tiles._fd, int(page.databytecounts[i]), int(page.dataoffsets[i]))
-        page.decode(data, i, jpegtables=page.jpegtables)
+        tiles.decode_tile(level, i)
 
 
 def _tiatoolbox_cold_ms(path, pairs) -> float:

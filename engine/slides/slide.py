@@ -219,9 +219,13 @@ class Slide:
         tiatoolbox rounds the location to the grid of the pyramid level it reads from.
         """
         ox, oy = (int(round(float(v))) for v in origin_l0_px)
-        level, level_xy, *_ = self.reader.find_read_rect_params(
-            location=(ox, oy), size=(1, 1), resolution=float(mpp), units="mpp"
-        )
+        return self._read_origin_l0_px(self.reader.find_read_rect_params(
+            location=(ox, oy), size=(1, 1), resolution=float(mpp), units="mpp"))
+
+    def _read_origin_l0_px(self, params) -> tuple[float, float]:
+        """The level-0 origin a read with tiatoolbox's ``find_read_rect_params`` answer starts at
+        (its level and location on that level's grid; neither depends on the read's size)."""
+        level, level_xy, *_ = params
         d = float(self.reader.info.level_downsamples[level])
         return float(level_xy[0]) * d, float(level_xy[1]) * d
 
@@ -245,7 +249,9 @@ class Slide:
         if ox >= w or oy >= h or ox + ext <= 0 or oy + ext <= 0:
             return np.full((size_px, size_px, 3), PAD_VALUE, np.uint8)
         try:
-            img = self._read_rect((ox, oy), (size_px, size_px), float(mpp))
+            params = self.reader.find_read_rect_params(location=(ox, oy), size=(size_px, size_px),
+                                                       resolution=float(mpp), units="mpp")
+            img = self._read_rect((ox, oy), (size_px, size_px), float(mpp), params)
         except Exception as e:  # noqa: BLE001
             raise SlideError(self.path, f"cannot read {size_px} px at {mpp} µm/px from ({ox}, {oy}): {e}") from e
         img = _as_rgb_uint8(img)
@@ -255,7 +261,7 @@ class Slide:
             )
         # Make out-of-slide pixels (centre outside [0, w) x [0, h)) exactly PAD_VALUE: those form
         # a band of rows and of columns at either end (pixel centres increase along each axis).
-        rx, ry = self.read_location_l0_px((ox, oy), mpp)
+        rx, ry = self._read_origin_l0_px(params)
         c0, c1 = _inside_span(rx, f, size_px, w)
         r0, r1 = _inside_span(ry, f, size_px, h)
         if (c0, c1, r0, r1) != (0, size_px, 0, size_px):
@@ -271,13 +277,15 @@ class Slide:
             self._tiles = TiledTiff.from_tiatoolbox(self.reader)
         return self._tiles
 
-    def _read_rect(self, location_l0_px: tuple[int, int], size_px: tuple[int, int], mpp: float) -> np.ndarray:
+    def _read_rect(self, location_l0_px: tuple[int, int], size_px: tuple[int, int], mpp: float,
+                   params=None) -> np.ndarray:
         """tiatoolbox's ``read_rect`` (level-0 location, (width, height) at ``mpp``, padded with
         ``PAD_VALUE``): the same level, the same resampling and the same pixels, with the level
-        read tile by tile where :class:`~engine.slides.tiles.TiledTiff` can (TIFF files)."""
+        read tile by tile where :class:`~engine.slides.tiles.TiledTiff` can (TIFF files).
+        ``params``: tiatoolbox's ``find_read_rect_params`` for this read, when the caller has it."""
         tiles = self._tiled()
         if tiles is not None:
-            level, level_xy, level_wh, post_scale, _ = self.reader.find_read_rect_params(
+            level, level_xy, level_wh, post_scale, _ = params or self.reader.find_read_rect_params(
                 location=location_l0_px, size=size_px, resolution=mpp, units="mpp")
             if int(level) in tiles.levels:
                 from tiatoolbox.utils.transforms import imresize

@@ -157,19 +157,24 @@ class TiledTiff:
         key = (self._file_key, level, index)
         tile = self.cache.get(key)
         if tile is None:
-            lv = self.levels[level]
-            page = lv.page
-            nbytes = int(page.databytecounts[index])
-            data = os.pread(self._fd, nbytes, int(page.dataoffsets[index])) if nbytes else None
-            if data is not None and len(data) != nbytes:
-                raise OSError(f"tile {index} of level {level}: file ends {nbytes - len(data)} bytes early")
-            decoded, _, _ = page.decode(data, index, jpegtables=page.jpegtables)
-            if decoded is None:  # a tile the file does not hold: tifffile fills those with its fill value
-                decoded = np.full((lv.tile_height_px, lv.tile_width_px, lv.samples), page.nodata, np.uint8)
-            tile = np.asarray(decoded).reshape(lv.tile_height_px, lv.tile_width_px, lv.samples)
+            tile = self.decode_tile(level, index)
             self.tiles_decoded += 1
             self.cache.put(key, tile)
         return tile
+
+    def decode_tile(self, level: int, index: int) -> np.ndarray:
+        """Tile ``index`` of ``level`` read from the file and decoded, (tile_h, tile_w, samples)
+        uint8, without the cache."""
+        lv = self.levels[level]
+        page = lv.page
+        nbytes = int(page.databytecounts[index])
+        data = os.pread(self._fd, nbytes, int(page.dataoffsets[index])) if nbytes else None
+        if data is not None and len(data) != nbytes:
+            raise OSError(f"tile {index} of level {level}: file ends {nbytes - len(data)} bytes early")
+        decoded, _, _ = page.decode(data, index, jpegtables=page.jpegtables)
+        if decoded is None:  # a tile the file does not hold: tifffile fills those with its fill value
+            decoded = np.full((lv.tile_height_px, lv.tile_width_px, lv.samples), page.nodata, np.uint8)
+        return np.asarray(decoded).reshape(lv.tile_height_px, lv.tile_width_px, lv.samples)
 
     def tile_indices(self, level: int, x_px: int, y_px: int, w_px: int, h_px: int) -> list[int]:
         """Row-major indices of the tiles the region ``[x, x + w) x [y, y + h)`` (level px) needs."""
