@@ -181,7 +181,7 @@ class _Renderer:
         r2 = ((2.5 + 2.0 * u[2]) / self.mpp) ** 2
         inside = np.zeros(cls.shape, bool)
         if cell / (xs[1] - xs[0]) >= 8:  # a few nuclei per tile, each over many pixels: one at a time
-            for x, y, rr2 in zip(nx.ravel() + 0 * ny.ravel(), (ny + 0 * nx).ravel(), r2.ravel()):
+            for x, y, rr2 in zip(nx.ravel(), ny.ravel(), r2.ravel()):
                 r = np.sqrt(rr2)
                 k0, k1 = np.searchsorted(xs, x - r), np.searchsorted(xs, x + r, "right")
                 l0, l1 = np.searchsorted(ys, y - r), np.searchsorted(ys, y + r, "right")
